@@ -1,0 +1,38 @@
+"""blackgrad: train models that contain a black box with ordinary PyTorch backprop.
+
+The black box — a physical device, a simulator, non-differentiable code — runs
+for real in the forward pass; a gradient estimator supplies the backward pass.
+"""
+
+from . import estimators
+from .errors import (
+    BlackGradError,
+    BudgetExhausted,
+    DeviceError,
+    DeviceOutputError,
+    GradientShapeError,
+    InputShapeError,
+    NoGradientError,
+)
+from .function import gradiator, no_grad
+from .module import BlackBox
+from .prober import Ledger, Prober, RetryPolicy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BlackBox",
+    "gradiator",
+    "no_grad",
+    "estimators",
+    "Ledger",
+    "Prober",
+    "RetryPolicy",
+    "BlackGradError",
+    "BudgetExhausted",
+    "DeviceError",
+    "DeviceOutputError",
+    "GradientShapeError",
+    "InputShapeError",
+    "NoGradientError",
+]

@@ -1,0 +1,35 @@
+"""The exceptions blackgrad raises.
+
+Every failure says what was wrong and where; none of them is ever turned into a
+warning or a silently wrong gradient.
+"""
+
+from __future__ import annotations
+
+
+class BlackGradError(Exception):
+    """Base class of all errors raised by blackgrad."""
+
+
+class DeviceError(BlackGradError):
+    """The black box raised, even after the retries the policy allows."""
+
+
+class DeviceOutputError(BlackGradError):
+    """The black box returned something unusable: wrong shape, type, NaN or Inf."""
+
+
+class InputShapeError(BlackGradError, ValueError):
+    """An input to a black box or an estimator has the wrong shape."""
+
+
+class BudgetExhausted(BlackGradError):
+    """The evaluation budget of a black box is spent; no evaluation was made."""
+
+
+class NoGradientError(BlackGradError, RuntimeError):
+    """A gradient was needed through a function declared to have none."""
+
+
+class GradientShapeError(BlackGradError, ValueError):
+    """A user-supplied gradient function returned the wrong number or shape of gradients."""

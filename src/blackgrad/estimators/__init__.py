@@ -1,0 +1,26 @@
+"""Gradient estimators: what supplies the backward pass a black box lacks.
+
+The contract every estimator follows is written once, in
+:mod:`blackgrad.estimators.base`.
+"""
+
+from .base import Estimator, VJPQuery
+from .broyden import Broyden
+from .complex_step import ComplexStep
+from .exact import Exact
+from .finite_difference import FiniteDifference
+from .least_squares import LeastSquares
+from .spsa import SPSA
+from .straight_through import StraightThrough
+
+__all__ = [
+    "Estimator",
+    "VJPQuery",
+    "Exact",
+    "FiniteDifference",
+    "ComplexStep",
+    "SPSA",
+    "LeastSquares",
+    "Broyden",
+    "StraightThrough",
+]

@@ -1,0 +1,163 @@
+"""The estimator contract, written once.
+
+An estimator supplies the vector–Jacobian product (VJP) that a black box lacks.
+It sees the black box as a map ``f: (B, d) -> (B, m)`` on flat rows
+``α = (x, θ)`` — the flattened input ``x`` (``n`` numbers) followed by the
+device parameters ``θ`` (``p`` numbers, the same in every row of a batch) —
+and the backward pass hands it a :class:`VJPQuery`:
+
+* ``alpha`` ``(B, d)``, the points of the forward pass;
+* ``y`` ``(B, m)``, the device outputs there (already paid for);
+* ``grad_out`` ``(B, m)``, the gradient of the loss with respect to ``y``;
+* ``active`` ``(d,)`` bool, the coordinates whose gradient somebody needs.
+  An estimator never spends an evaluation on an inactive coordinate;
+* ``shared`` ``(d,)`` bool, the coordinates that are the same for the whole
+  batch (θ).  Probes that move shared coordinates by the same amount in
+  every row go to the device as one call (see :meth:`VJPQuery.directions`).
+
+The methods:
+
+``vjp(prober, query) -> Tensor``
+    returns ``grad_α`` of shape ``(B, d)`` (its inactive columns are ignored).
+    The only way to evaluate the device is ``prober(rows)`` with rows of shape
+    ``(N, d)``, which returns ``(N, m)`` and counts ``N`` probe evaluations.
+``observe(alpha, y)``
+    is offered every forward batch evaluated in training mode, at no device
+    cost: forward data is free data for learned and secant estimators.
+``probe_cost(d, m, batch) -> int``
+    the number of probe evaluations one ``vjp`` call spends, for ``d`` active
+    coordinates; the ledger agrees with it exactly (tests check this).
+``state_dict()`` / ``load_state_dict(state)``
+    everything needed to resume exactly, random generator included.
+
+Randomness comes from a ``torch.Generator`` the estimator owns (``seed``
+argument), so runs repeat under a seed.  Compose by wrapping, not subclassing.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+DISTRIBUTIONS = ("rademacher", "gaussian")
+
+
+def check_option(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
+    """Reject an unknown option value with a message that lists the valid ones."""
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(repr(a) for a in allowed)}")
+
+
+def check_positive(name: str, value: Any, *, integer: bool = False, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+        what = "a positive int" if integer else "a positive number"
+        raise ValueError(f"{name} must be {what}{' or None' if allow_none else ''}, got {value!r}")
+
+
+def default_step(dtype: torch.dtype, order: int) -> float:
+    """A difference step that balances truncation and rounding error for ``dtype``.
+
+    ``order`` 1 (one-sided differences): ``sqrt(eps)``; order 2 (central):
+    ``eps ** (1/3)``.  For float32 that is about 3e-4 and 5e-3, for float64
+    1.5e-8 and 6e-6.  Noisy devices need larger steps: pass ``step=``.
+    """
+    eps = torch.finfo(dtype).eps
+    return eps ** (1.0 / (order + 1))
+
+
+@dataclass(frozen=True)
+class VJPQuery:
+    """What the backward pass asks of an estimator (see the module docstring)."""
+
+    alpha: Tensor
+    y: Tensor
+    grad_out: Tensor
+    active: Tensor
+    shared: Tensor
+
+    @property
+    def batch(self) -> int:
+        return self.alpha.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.alpha.shape[1]
+
+    @property
+    def n_active(self) -> int:
+        return int(self.active.sum())
+
+    def directions(self, count: int, generator: torch.Generator, distribution: str = "rademacher") -> Tensor:
+        """``count`` random directions per sample, shape ``(count, B, d)``.
+
+        Zero on inactive coordinates; on shared coordinates (θ) identical for
+        every sample of the batch, so the probes of one direction go to the
+        device in one call.  Each coordinate has mean 0 and variance 1.
+        """
+        check_option("distribution", distribution, DISTRIBUTIONS)
+        shape = (count, self.batch, self.dim)
+        if distribution == "rademacher":
+            draw = torch.randint(0, 2, shape, generator=generator).mul_(2).sub_(1)
+        else:
+            draw = torch.randn(shape, generator=generator)
+        shared = self.shared.cpu()
+        draw[:, :, shared] = draw[:, :1, shared]
+        draw[:, :, ~self.active.cpu()] = 0
+        return draw.to(device=self.alpha.device, dtype=self.alpha.real.dtype)
+
+    def active_index(self) -> Tensor:
+        return torch.nonzero(self.active).squeeze(1)
+
+
+class Estimator(abc.ABC):
+    """Base of all gradient estimators; the contract is the module docstring."""
+
+    #: True for estimators that backpropagate through the device itself
+    #: (:class:`~blackgrad.estimators.Exact`): :class:`~blackgrad.BlackBox`
+    #: then keeps the autograd graph of the forward call instead of probing.
+    differentiates_device: bool = False
+
+    def observe(self, alpha: Tensor, y: Tensor) -> None:
+        """Learn from a forward batch; the default ignores it."""
+
+    @abc.abstractmethod
+    def vjp(self, prober, query: VJPQuery) -> Tensor:
+        """Return the estimated ``grad_out ⋅ J(α)`` of shape ``(B, d)``."""
+
+    @abc.abstractmethod
+    def probe_cost(self, d: int, m: int, batch: int) -> int:
+        """Probe evaluations one ``vjp`` call spends on ``d`` active coordinates."""
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {}
+        generator = getattr(self, "generator", None)
+        if generator is not None:
+            state["generator"] = generator.get_state()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        generator = getattr(self, "generator", None)
+        if generator is not None and "generator" in state:
+            generator.set_state(state["generator"])
+
+    def __repr__(self) -> str:
+        fields = getattr(self, "_repr_fields", ())
+        inner = ", ".join(f"{name}={getattr(self, name)!r}" for name in fields)
+        return f"{type(self).__name__}({inner})"
+
+
+def make_generator(seed: int | None) -> torch.Generator:
+    """A CPU generator seeded with ``seed`` (a fresh random seed when None)."""
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(int(seed))
+    return generator

@@ -1,0 +1,94 @@
+"""The rank-one (Broyden) secant update of one Jacobian kept across steps."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import Estimator, VJPQuery, check_positive, default_step, make_generator
+
+
+class Broyden(Estimator):
+    """One Jacobian estimate ``J`` (``m × d``) refined by rank-one secant updates.
+
+    Seed 002's single-sample view: a pair ``(dx, df)`` says only how ``J``
+    acts along ``dx``, so the smallest change that satisfies ``J dx = df`` is
+    the rank-one update ``J ← J + (df − J dx) dxᵀ / (dxᵀdx)``.  The estimate is
+    kept online across training steps; each ``vjp`` first spends ``probes``
+    random (Rademacher) probes per sample, applies their updates one by one,
+    then returns ``gᵀ J``.  With ``observe_forward=True`` the differences
+    between consecutive forward samples update ``J`` too, for free.
+
+    One ``J`` for all inputs: exact for linear devices once the probes have
+    spanned the input space, an averaged Jacobian for nonlinear ones (use
+    :class:`~blackgrad.estimators.LeastSquares` for a local one).
+
+    Cost per ``vjp``: ``probes·B`` evaluations.
+
+    Args:
+        probes: probes per sample at each backward pass (0: learn from forward
+            data only, which needs ``observe_forward=True``).
+        step: perturbation size; default from the dtype.
+        observe_forward: also learn from consecutive forward samples.
+        seed: seed of the estimator's own generator.
+    """
+
+    _repr_fields = ("probes", "step", "observe_forward")
+
+    def __init__(self, probes: int = 1, step: float | None = None, observe_forward: bool = False, seed: int | None = 0) -> None:
+        if isinstance(probes, bool) or not isinstance(probes, int) or probes < 0:
+            raise ValueError(f"probes must be a non-negative int, got {probes!r}")
+        if probes == 0 and not observe_forward:
+            raise ValueError("Broyden with probes=0 learns nothing unless observe_forward=True")
+        check_positive("step", step, allow_none=True)
+        self.probes = probes
+        self.step = step
+        self.observe_forward = bool(observe_forward)
+        self.generator = make_generator(seed)
+        self.jacobian: Tensor | None = None
+
+    def _ensure(self, m: int, d: int, like: Tensor) -> Tensor:
+        if self.jacobian is None:
+            self.jacobian = torch.zeros(m, d, dtype=like.dtype, device=like.device)
+        elif self.jacobian.shape != (m, d):
+            raise ValueError(f"Broyden holds a {tuple(self.jacobian.shape)} Jacobian but the device now maps {d} -> {m}")
+        return self.jacobian.to(like)
+
+    def _update(self, jacobian: Tensor, dx: Tensor, df: Tensor) -> Tensor:
+        """Apply the rank-one updates of the pairs ``dx (N, d)``, ``df (N, m)`` in order."""
+        for step_x, step_f in zip(dx, df):
+            norm = step_x @ step_x
+            if norm > 0:
+                jacobian = jacobian + torch.outer(step_f - jacobian @ step_x, step_x) / norm
+        return jacobian
+
+    def observe(self, alpha: Tensor, y: Tensor) -> None:
+        if not self.observe_forward or alpha.shape[0] < 2:
+            return
+        jacobian = self._ensure(y.shape[1], alpha.shape[1], alpha)
+        self.jacobian = self._update(jacobian, alpha.diff(dim=0), y.diff(dim=0))
+
+    def vjp(self, prober, query: VJPQuery) -> Tensor:
+        alpha = query.alpha
+        jacobian = self._ensure(query.y.shape[1], query.dim, alpha)
+        if self.probes > 0 and query.n_active > 0:
+            h = self.step if self.step is not None else default_step(alpha.dtype, 1)
+            dx = h * query.directions(self.probes, self.generator)  # (P, B, d)
+            probes = (alpha + dx).reshape(-1, query.dim)
+            df = prober(probes).reshape(self.probes, query.batch, -1) - query.y
+            dx = (probes - alpha.repeat(self.probes, 1))  # the steps really taken
+            jacobian = self._update(jacobian, dx, df.reshape(-1, df.shape[-1]))
+        self.jacobian = jacobian
+        return query.grad_out @ jacobian
+
+    def probe_cost(self, d: int, m: int, batch: int) -> int:
+        return self.probes * batch
+
+    def state_dict(self):
+        state = super().state_dict()
+        state["jacobian"] = None if self.jacobian is None else self.jacobian.clone()
+        return state
+
+    def load_state_dict(self, state) -> None:
+        super().load_state_dict(state)
+        self.jacobian = None if state.get("jacobian") is None else state["jacobian"].clone()

@@ -1,0 +1,47 @@
+"""Exact autodiff through the device, the reference for every other estimator."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import Estimator, VJPQuery
+
+
+class Exact(Estimator):
+    """Backpropagation through ``fun`` itself, when it is differentiable torch code.
+
+    The limit the other estimators are measured against: a real physical
+    device would not allow it.  Inside :class:`~blackgrad.BlackBox` the forward
+    call keeps its autograd graph, so the backward pass costs **no** probe
+    evaluations (one evaluation per training sample in all).  Called directly,
+    :meth:`vjp` re-evaluates the device with autograd on: ``B`` probe
+    evaluations per batch of ``B``, whatever ``n`` and ``m``.
+
+    Raises :class:`~blackgrad.errors.DeviceOutputError` if the device output
+    carries no autograd graph (numpy code, ``detach``, integer arithmetic).
+    """
+
+    differentiates_device = True
+
+    def vjp(self, prober, query: VJPQuery) -> Tensor:
+        alpha = query.alpha.detach().requires_grad_(True)
+        with torch.enable_grad():
+            y = prober(alpha, differentiable=True)
+            require_graph(y, prober.name)
+            (grad,) = torch.autograd.grad(y, alpha, query.grad_out)
+        return grad
+
+    def probe_cost(self, d: int, m: int, batch: int) -> int:
+        return batch
+
+
+def require_graph(y: Tensor, name: str) -> None:
+    from ..errors import DeviceOutputError
+
+    if not y.requires_grad:
+        raise DeviceOutputError(
+            f"the Exact estimator needs black box {name!r} to be differentiable torch code, "
+            "but its output carries no autograd graph (numpy, detach or integer arithmetic?); "
+            "choose a probing estimator such as FiniteDifference or SPSA"
+        )

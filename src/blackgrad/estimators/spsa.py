@@ -1,0 +1,70 @@
+"""Simultaneous-perturbation (random-direction) gradient estimates."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import DISTRIBUTIONS, Estimator, VJPQuery, check_option, check_positive, default_step, make_generator
+
+
+class SPSA(Estimator):
+    """Random-direction VJP estimates: ``ĝ = (1/k) Σ_i (gᵀ Δf_i / c) δ_i``.
+
+    Each direction ``δ_i`` has independent zero-mean, unit-variance entries
+    (Rademacher ±1 or Gaussian), so ``E[δ δᵀ] = I`` and the estimate is an
+    unbiased estimate of the VJP of the finite-difference slope; its variance
+    falls like ``1/k``.  ``antithetic=True`` uses ``Δf = (f(α+cδ) − f(α−cδ))/2``,
+    otherwise the one-sided ``Δf = f(α+cδ) − f(α)`` reusing the forward output.
+    θ (shared) coordinates are perturbed identically across the batch, so each
+    direction is one device call.
+
+    Cost per ``vjp``: ``2·k·B`` evaluations (antithetic) or ``k·B``, whatever
+    ``d`` and ``m``.
+
+    Args:
+        directions: ``k``, directions per sample.
+        distribution: ``"rademacher"`` or ``"gaussian"``.
+        antithetic: two-sided differences.
+        step: perturbation size ``c``; default from the dtype.
+        seed: seed of the estimator's own generator.
+    """
+
+    _repr_fields = ("directions", "distribution", "antithetic", "step")
+
+    def __init__(
+        self,
+        directions: int = 1,
+        distribution: str = "rademacher",
+        antithetic: bool = True,
+        step: float | None = None,
+        seed: int | None = 0,
+    ) -> None:
+        check_positive("directions", directions, integer=True)
+        check_option("distribution", distribution, DISTRIBUTIONS)
+        check_positive("step", step, allow_none=True)
+        self.directions = directions
+        self.distribution = distribution
+        self.antithetic = bool(antithetic)
+        self.step = step
+        self.generator = make_generator(seed)
+
+    def vjp(self, prober, query: VJPQuery) -> Tensor:
+        alpha = query.alpha
+        if query.n_active == 0:
+            return torch.zeros_like(alpha)
+        k, batch = self.directions, query.batch
+        c = self.step if self.step is not None else default_step(alpha.dtype, 2 if self.antithetic else 1)
+        delta = query.directions(k, self.generator, self.distribution)  # (k, B, d)
+        if self.antithetic:
+            probes = torch.cat([alpha + c * delta, alpha - c * delta])  # one request per backward
+            f_plus, f_minus = prober(probes.reshape(2 * k * batch, -1)).reshape(2, k, batch, -1)
+            slope = (f_plus - f_minus) / (2 * c)
+        else:
+            f_plus = prober((alpha + c * delta).reshape(k * batch, -1)).reshape(k, batch, -1)
+            slope = (f_plus - query.y) / c
+        along = torch.einsum("bm,kbm->kb", query.grad_out, slope)  # gᵀ J δ_i
+        return torch.einsum("kb,kbd->bd", along, delta) / k
+
+    def probe_cost(self, d: int, m: int, batch: int) -> int:
+        return (2 if self.antithetic else 1) * self.directions * batch

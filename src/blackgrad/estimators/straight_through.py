@@ -1,0 +1,80 @@
+"""A user-given surrogate derivative: no probes at all (seed 001)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .base import Estimator, VJPQuery
+
+
+class StraightThrough(Estimator):
+    """Backward through a surrogate instead of the device: zero evaluations.
+
+    Seed 001's activation lessons: a threshold forward with a sigmoid
+    backward, or the Cantor function with an identity backward, trains where
+    the true derivative (zero almost everywhere) cannot.
+
+    Give exactly one of:
+
+    * ``derivative``: ``"identity"`` or a function of the flat input ``x``
+      ``(B, n)`` returning the elementwise derivative ``(B, n)``; the VJP is
+      ``grad_out * derivative(x)``, so the device must map ``n`` numbers to
+      ``n`` numbers.
+    * ``surrogate``: a differentiable torch function with the device's flat
+      calling convention, ``surrogate(x)`` or ``surrogate(x, θ)``, returning
+      ``(B, m)``; the VJP is the surrogate's, evaluated at the real inputs.
+
+    Cost per ``vjp``: 0 evaluations.
+    """
+
+    _repr_fields = ("derivative", "surrogate")
+
+    def __init__(self, derivative: str | Callable[[Tensor], Tensor] | None = "identity", surrogate: Callable[..., Tensor] | None = None) -> None:
+        if surrogate is not None:
+            derivative = None
+        if derivative is None and surrogate is None:
+            raise ValueError("StraightThrough needs a derivative ('identity' or a function) or a surrogate")
+        if isinstance(derivative, str) and derivative != "identity":
+            raise ValueError(f"unknown derivative {derivative!r}; give 'identity' or a function of x")
+        if derivative is not None and not isinstance(derivative, str) and not callable(derivative):
+            raise TypeError(f"derivative must be 'identity' or callable, got {type(derivative).__name__}")
+        if surrogate is not None and not callable(surrogate):
+            raise TypeError(f"surrogate must be callable, got {type(surrogate).__name__}")
+        self.derivative = derivative
+        self.surrogate = surrogate
+
+    def vjp(self, prober, query: VJPQuery) -> Tensor:
+        alpha, shared = query.alpha, query.shared
+        n = int((~shared).sum())
+        x, theta = alpha[:, :n], alpha[0, n:]
+        if self.surrogate is not None:
+            inputs = (x.detach().requires_grad_(True),) + ((theta.detach().requires_grad_(True),) if n < alpha.shape[1] else ())
+            with torch.enable_grad():
+                out = self.surrogate(*inputs)
+                grads = torch.autograd.grad(out, inputs, query.grad_out, allow_unused=True)
+            grad = torch.zeros_like(alpha)
+            if grads[0] is not None:
+                grad[:, :n] = grads[0]
+            if len(grads) > 1 and grads[1] is not None:
+                # θ's gradient is already summed over the batch; put it on one row.
+                grad[0, n:] = grads[1]
+            return grad
+        if bool(query.active[n:].any()):
+            raise ValueError("StraightThrough with a derivative has no gradient for device parameters θ; use surrogate=")
+        if query.grad_out.shape[1] != n:
+            raise ValueError(
+                f"StraightThrough with an elementwise derivative needs as many outputs as inputs; "
+                f"the device maps {n} numbers to {query.grad_out.shape[1]}"
+            )
+        slope = torch.ones_like(x) if self.derivative == "identity" else self.derivative(x)
+        if slope.shape != x.shape:
+            raise ValueError(f"derivative returned shape {tuple(slope.shape)}, expected {tuple(x.shape)}")
+        grad = torch.zeros_like(alpha)
+        grad[:, :n] = query.grad_out * slope
+        return grad
+
+    def probe_cost(self, d: int, m: int, batch: int) -> int:
+        return 0

@@ -1,0 +1,233 @@
+"""``BlackBox``: an ``nn.Module`` around a device whose backward an estimator supplies."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from .errors import InputShapeError
+from .estimators.base import Estimator, VJPQuery
+from .estimators.exact import require_graph
+from .estimators.finite_difference import FiniteDifference
+from .prober import Ledger, Prober, RetryPolicy
+
+
+class _BlackBoxFunction(torch.autograd.Function):
+    """Forward: the real device, through the prober.  Backward: the estimator."""
+
+    @staticmethod
+    def forward(x: Tensor, theta: Tensor | None, box: "BlackBox") -> Tensor:
+        return box.prober.forward(x, theta)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        x, theta, box = inputs
+        ctx.box = box
+        ctx.has_theta = theta is not None
+        ctx.save_for_backward(x, output, *( (theta,) if theta is not None else ()))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        x, y, *rest = ctx.saved_tensors
+        theta = rest[0] if ctx.has_theta else None
+        need_x, need_theta = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_x, grad_theta = ctx.box._estimate(x, theta, y, grad_y, need_x, need_theta)
+        return grad_x, grad_theta, None
+
+
+class BlackBox(nn.Module):
+    """A black box inside a PyTorch model: the device runs forward, an estimator backward.
+
+    Args:
+        fun: the device.  ``fun(x)`` — or ``fun(x, theta)`` when ``params`` is
+            given — takes a batch ``x`` of shape ``(B, *in_shape)`` and returns
+            ``(B, *out_shape)``.  It may be numpy code (see ``numpy``), slow,
+            noisy, non-differentiable, or talk to an instrument; returned
+            arrays are converted to tensors with the dtype and device of ``x``.
+        estimator: the :class:`~blackgrad.estimators.Estimator` supplying the
+            backward pass (default ``FiniteDifference()``).
+        params: initial device parameters θ (e.g. a phase mask), flattened to
+            ``(p,)`` and trained like any ``nn.Parameter``; their gradient is
+            summed over the batch.  ``None``: the device has no trainable knobs.
+        in_shape: shape of one input sample; taken from the first batch if None.
+        out_shape: shape of one output sample; taken from the first result if None.
+        max_batch: the most samples sent to the device in one call (probes of
+            a backward pass are packed into as few calls as this allows).
+        retries: how often a device call that raised (or returned NaN/Inf) is
+            repeated before the error is raised; or a full :class:`RetryPolicy`.
+        budget: the most device evaluations allowed in total; training stops
+            with :class:`~blackgrad.errors.BudgetExhausted` when it is spent.
+        numpy: call ``fun`` with numpy arrays instead of tensors.
+        name: how errors and reports name the device.
+
+    The ledger ``layer.calls`` counts every sample the device evaluated:
+    ``forward``, ``probe``, ``failed``, ``total``, ``device_calls`` and
+    ``seconds``; ``layer.calls.reset()`` starts it again.
+
+    In training mode every forward batch is offered to the estimator
+    (``observe``), so learned estimators learn from it at no device cost.
+
+    Example::
+
+        layer = BlackBox(my_numpy_device, SPSA(directions=4), numpy=True)
+        y = layer(x)                # runs the device
+        loss(y).backward()          # SPSA probes the device, 8 evaluations per sample
+        print(layer.calls)          # Ledger(forward=B, probe=8B, ...)
+    """
+
+    def __init__(
+        self,
+        fun: Callable[..., Any],
+        estimator: Estimator | None = None,
+        params: Tensor | None = None,
+        *,
+        in_shape: tuple[int, ...] | None = None,
+        out_shape: tuple[int, ...] | None = None,
+        max_batch: int | None = None,
+        retries: int | RetryPolicy = 0,
+        budget: int | None = None,
+        numpy: bool = False,
+        name: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not callable(fun):
+            raise TypeError(f"BlackBox needs a callable device, got {type(fun).__name__}")
+        estimator = FiniteDifference() if estimator is None else estimator
+        if not isinstance(estimator, Estimator):
+            raise TypeError(
+                f"estimator must be a blackgrad.estimators.Estimator instance such as FiniteDifference() "
+                f"or SPSA(directions=4), got {estimator!r}"
+            )
+        # Not a submodule: a learned estimator's own parameters must not be
+        # trained by the user's optimiser on the task loss.
+        object.__setattr__(self, "estimator", estimator)
+        if params is not None:
+            if not isinstance(params, Tensor):
+                raise TypeError(f"params must be a tensor, got {type(params).__name__}")
+            flat = params if isinstance(params, nn.Parameter) and params.dim() == 1 else nn.Parameter(params.detach().reshape(-1).clone())
+            self.params = flat
+        else:
+            self.register_parameter("params", None)
+        self.fun = fun
+        self.name = name or getattr(fun, "name", None) or getattr(fun, "__name__", None) or type(fun).__name__
+        self._in_shape = None if in_shape is None else tuple(in_shape)
+        self._out_shape = None if out_shape is None else tuple(out_shape)
+        self._prober_options = dict(
+            max_batch=max_batch,
+            retry=retries if isinstance(retries, RetryPolicy) else RetryPolicy(retries=retries),
+            budget=budget,
+            numpy=numpy,
+            name=self.name,
+        )
+        self.prober: Prober | None = None
+        self._ledger = Ledger()
+        if self._in_shape is not None:
+            self._make_prober(self._in_shape)
+
+    # ----------------------------------------------------------------- public
+    @property
+    def calls(self) -> Ledger:
+        """The evaluation ledger (see :class:`~blackgrad.prober.Ledger`)."""
+        return self._ledger
+
+    @property
+    def in_shape(self) -> tuple[int, ...] | None:
+        return self._in_shape
+
+    @property
+    def out_shape(self) -> tuple[int, ...] | None:
+        return None if self.prober is None else self.prober.out_shape
+
+    @property
+    def budget(self) -> int | None:
+        return self._prober_options["budget"]
+
+    @budget.setter
+    def budget(self, value: int | None) -> None:
+        self._prober_options["budget"] = value
+        if self.prober is not None:
+            self.prober.budget = value
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"BlackBox {self.name!r} takes a tensor batch, got {type(x).__name__}")
+        if x.dim() == 0:
+            raise InputShapeError(f"BlackBox {self.name!r} takes a batch (B, *in_shape); got a scalar")
+        if self.prober is None:
+            self._in_shape = tuple(x.shape[1:])
+            self._make_prober(self._in_shape)
+        if tuple(x.shape[1:]) != self._in_shape:
+            raise InputShapeError(
+                f"BlackBox {self.name!r} expects inputs of shape (B, {', '.join(map(str, self._in_shape))}); "
+                f"got {tuple(x.shape)}"
+            )
+        batch = x.shape[0]
+        flat = x.reshape(batch, -1)
+        theta = self.params
+        if theta is not None and theta.dtype != flat.dtype:
+            theta = theta.to(flat.dtype)
+        if self.estimator.differentiates_device:
+            y = self.prober.forward(flat, theta, differentiable=True)
+            if torch.is_grad_enabled() and (flat.requires_grad or (theta is not None and theta.requires_grad)):
+                require_graph(y, self.name)
+        else:
+            y = _BlackBoxFunction.apply(flat, theta, self)
+        if self.training:
+            self.estimator.observe(self._alpha(flat.detach(), None if theta is None else theta.detach()), y.detach())
+        return y.reshape((batch,) + self.prober.out_shape)
+
+    def extra_repr(self) -> str:
+        p = 0 if self.params is None else self.params.numel()
+        return f"name={self.name!r}, in_shape={self._in_shape}, out_shape={self.out_shape}, params={p}, estimator={self.estimator!r}"
+
+    # ---------------------------------------------------- checkpoint support
+    def get_extra_state(self) -> dict[str, Any]:
+        """Estimator state, shapes and ledger travel with ``model.state_dict()``."""
+        return {
+            "estimator": self.estimator.state_dict(),
+            "in_shape": self._in_shape,
+            "out_shape": self.out_shape,
+            "ledger": self._ledger.as_dict(),
+        }
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.estimator.load_state_dict(state["estimator"])
+        self._ledger.load_dict(state["ledger"])
+        if state["in_shape"] is not None:
+            self._in_shape = tuple(state["in_shape"])
+            self._make_prober(self._in_shape)
+            if state["out_shape"] is not None:
+                self.prober.out_shape = tuple(state["out_shape"])
+
+    # --------------------------------------------------------------- internal
+    def _make_prober(self, in_shape: tuple[int, ...]) -> None:
+        p = 0 if self.params is None else self.params.numel()
+        self.prober = Prober(self.fun, in_shape, n_params=p, out_shape=self._out_shape, **self._prober_options)
+        self.prober.ledger = self._ledger
+
+    def _alpha(self, x: Tensor, theta: Tensor | None) -> Tensor:
+        if theta is None:
+            return x
+        return torch.cat([x, theta.expand(x.shape[0], -1)], dim=1)
+
+    def _estimate(
+        self, x: Tensor, theta: Tensor | None, y: Tensor, grad_y: Tensor, need_x: bool, need_theta: bool
+    ) -> tuple[Tensor | None, Tensor | None]:
+        n, p = x.shape[1], 0 if theta is None else theta.numel()
+        active = torch.tensor([need_x] * n + [need_theta] * p, device=x.device)
+        shared = torch.tensor([False] * n + [True] * p, device=x.device)
+        query = VJPQuery(alpha=self._alpha(x, theta), y=y, grad_out=grad_y, active=active, shared=shared)
+        grad = self.estimator.vjp(self.prober, query)
+        if not isinstance(grad, Tensor) or grad.shape != query.alpha.shape:
+            shape = tuple(grad.shape) if isinstance(grad, Tensor) else type(grad).__name__
+            raise RuntimeError(
+                f"estimator {self.estimator!r} returned a gradient of shape {shape}; "
+                f"expected {tuple(query.alpha.shape)} (batch, {n} inputs + {p} params)"
+            )
+        grad_x = grad[:, :n].to(x.dtype) if need_x else None
+        grad_theta = grad[:, n:].sum(0) if need_theta else None
+        return grad_x, grad_theta
