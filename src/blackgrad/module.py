@@ -180,6 +180,23 @@ class BlackBox(nn.Module):
             self.estimator.observe(self._alpha(flat.detach(), None if theta is None else theta.detach()), y.detach())
         return y.reshape((batch,) + self.prober.out_shape)
 
+    def pretrain(self, x: Tensor, epochs: int = 50, progress: bool = False) -> list[float]:
+        """Pre-fit the estimator's model on the device's outputs at inputs ``x``.
+
+        For estimators with a ``fit`` method (:class:`~blackgrad.estimators.DigitalTwin`):
+        spends one probe evaluation per row of ``x`` (at the current θ), then
+        trains for ``epochs``.  Returns the training loss per epoch.
+        """
+        fit = getattr(self.estimator, "fit", None)
+        if fit is None:
+            raise TypeError(f"{type(self.estimator).__name__} cannot be pre-trained; DigitalTwin can")
+        if self.prober is None:
+            self._in_shape = tuple(x.shape[1:])
+            self._make_prober(self._in_shape)
+        flat = x.detach().reshape(x.shape[0], -1)
+        theta = None if self.params is None else self.params.detach().to(flat.dtype)
+        return fit(self.prober, self._alpha(flat, theta), epochs=epochs, progress=progress)
+
     def extra_repr(self) -> str:
         p = 0 if self.params is None else self.params.numel()
         return f"name={self.name!r}, in_shape={self._in_shape}, out_shape={self.out_shape}, params={p}, estimator={self.estimator!r}"

@@ -12,6 +12,11 @@ from .finite_difference import FiniteDifference
 from .least_squares import LeastSquares
 from .spsa import SPSA
 from .straight_through import StraightThrough
+from .digital_twin import DigitalTwin
+from .learned import LearnedEstimator
+from .learned_jacobian import LearnedJacobian
+from .learned_vjp import LearnedVJP
+from .unbiased import Unbiased
 
 __all__ = [
     "Estimator",
@@ -23,4 +28,9 @@ __all__ = [
     "LeastSquares",
     "Broyden",
     "StraightThrough",
+    "LearnedEstimator",
+    "DigitalTwin",
+    "LearnedJacobian",
+    "LearnedVJP",
+    "Unbiased",
 ]

@@ -1,0 +1,124 @@
+"""Option 1 of seed 000: a differentiable digital twin of the device."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..nets import MLP
+from .learned import LearnedEstimator, ReplayBuffer, training_loss
+
+
+class DigitalTwin(LearnedEstimator):
+    """Backward through a learned differentiable model of the device, at the *real* inputs.
+
+    As in physics-aware training (Wright et al., Nature 2022), the forward pass
+    runs the real device and the backward pass is the twin's VJP evaluated at
+    the inputs of this forward pass.  The twin (default: an :class:`~blackgrad.nets.MLP`
+    on ``α = (x, θ)``; any ``nn.Module`` ``(B, d) → (B, m)`` may be given, e.g.
+    a physics-structured one) is fitted to the device's outputs:
+
+    * online, from every forward batch seen in training mode (``observe``),
+      which costs no extra device evaluation;
+    * optionally from probes (``probes > 0`` or an
+      :class:`~blackgrad.estimators.Unbiased` wrapper's): with
+      ``slope_weight > 0`` the twin's own directional derivative along each
+      probe (a forward-mode JVP) is fitted to the measured slope;
+    * before training, with :meth:`fit` on a stated number of evaluations
+      (the published anchor's pre-trained twin).  ``online=False`` then
+      freezes it, as the published code does.
+
+    Cost per ``vjp``: as :class:`~blackgrad.estimators.learned.LearnedEstimator`
+    with ``probes`` (default 0: free).  :meth:`fit` spends one evaluation per
+    input row.
+
+    Args:
+        model: the twin, or None for ``MLP(d, m, hidden)``.
+        hidden: hidden sizes of the default MLP.
+        online: keep fitting the twin to forward data during training.
+        slope_weight: weight of the slope-matching term on probe rows.
+        (others: see :class:`~blackgrad.estimators.learned.LearnedEstimator`)
+    """
+
+    _repr_fields = ("probes", "online", "updates")
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        hidden: tuple[int, ...] = (128, 128),
+        online: bool = True,
+        probes: float = 0.0,
+        slope_weight: float = 0.0,
+        buffer: int = 8192,
+        **options: Any,
+    ) -> None:
+        super().__init__(model=model, probes=probes, buffer=buffer, **options)
+        self.hidden = tuple(hidden)
+        self.online = bool(online)
+        self.slope_weight = float(slope_weight)
+        self.values = ReplayBuffer(buffer)  # (α, y) pairs
+
+    def default_model(self, d: int, m: int) -> nn.Module:
+        return MLP(d, m, self.hidden)
+
+    def observe(self, alpha: Tensor, y: Tensor) -> None:
+        if not self.online:
+            return
+        self.prepare(alpha.shape[1], y.shape[1], alpha)
+        self.values.add(alpha=alpha, y=y)
+        self.train(self.updates)
+
+    def learn(self, alpha: Tensor, direction: Tensor, slope: Tensor, grad_out: Tensor) -> None:
+        if not self.online:
+            return
+        super().learn(alpha, direction, slope, grad_out)
+
+    def fit(self, prober, alpha: Tensor, epochs: int = 50, progress: bool = False) -> list[float]:
+        """Pre-fit the twin on the device's outputs at the rows ``alpha`` ``(N, d)``.
+
+        Spends ``N`` probe evaluations (one per row), then runs ``epochs``
+        passes of minibatch training over them.  Returns the loss per epoch.
+        """
+        y = prober(alpha)
+        self.prepare(alpha.shape[1], y.shape[1], alpha)
+        self.values.add(alpha=alpha, y=y)
+        steps_per_epoch = max(1, alpha.shape[0] // self.batch_size)
+        history = []
+        from tqdm.auto import tqdm
+
+        for _ in tqdm(range(epochs), disable=not progress, leave=False, desc="fitting twin"):
+            start = len(self.train_losses)
+            self.train(steps_per_epoch)
+            history.append(sum(self.train_losses[start:]) / steps_per_epoch)
+        return history
+
+    def predict_vjp(self, alpha: Tensor, grad_out: Tensor) -> Tensor:
+        with torch.enable_grad():
+            point = alpha.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.model(point), point, grad_out)
+        return grad
+
+    def fit_loss(self, rows: dict[str, Tensor]) -> Tensor:
+        # ``rows`` come from the probe buffer (empty if no probes yet); value rows are drawn here.
+        terms = []
+        if len(self.values):
+            values = self.values.sample(self.batch_size, self.generator)
+            terms.append(training_loss(self.model(values["alpha"]), values["y"], "mse"))
+        if rows and self.slope_weight > 0:
+            _, twin_slope = torch.func.jvp(self.model, (rows["alpha"],), (rows["direction"],))
+            terms.append(self.slope_weight * training_loss(twin_slope, rows["slope"], self.loss))
+        return sum(terms)
+
+    def has_training_data(self) -> bool:
+        return len(self.values) > 0 or len(self.buffer) > 0
+
+    def state_dict(self):
+        state = super().state_dict()
+        state["values"] = self.values.state_dict()
+        return state
+
+    def load_state_dict(self, state) -> None:
+        super().load_state_dict(state)
+        self.values.load_state_dict(state["values"])

@@ -1,0 +1,285 @@
+"""What the learned estimators share: probing, a replay buffer, online training, state.
+
+Seed 000's three options each learn the missing backward pass from data the
+device gives: a differentiable twin of ``f`` (option 1), a Jacobian model
+``J(α)`` (option 2), a VJP model ``g(α, grad_out)`` (option 3).  Their training
+data are *probe rows*: a point ``α``, a random direction ``ε`` (Rademacher,
+shared on θ coordinates), and the measured slope along it,
+``s = (f(α + hε) − f(α)) / h`` (one-sided, reusing the forward output) or
+``(f(α + hε) − f(α − hε)) / 2h`` (central), so that ``J(α) ε ≈ s``.
+
+A :class:`LearnedEstimator` keeps those rows in a :class:`ReplayBuffer`, and
+after each backward pass takes ``updates`` optimiser steps on minibatches of
+it; then it answers the VJP from its model, at no further device cost.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .base import DISTRIBUTIONS, Estimator, VJPQuery, check_option, check_positive, default_step, make_generator
+
+TRAINING_LOSSES = ("mse", "cosine", "mse+cosine")
+
+
+def training_loss(prediction: Tensor, target: Tensor, kind: str) -> Tensor:
+    """The fit of a backward model's prediction to measured slopes.
+
+    ``mse``: ``mean |p − t|² / mean |t|²`` (normalised, so the learning rate
+    does not depend on the device's scale); ``cosine``: ``1 − cos(p, t)`` per
+    row (rows of a 1-D tensor: one cosine over the whole vector), blind to
+    scale (seed 001); ``mse+cosine``: their sum.
+    """
+    mse = (prediction - target).pow(2).mean() / target.pow(2).mean().clamp(min=1e-30)
+    if kind == "mse":
+        return mse
+    if prediction.dim() == 1:
+        prediction, target = prediction.unsqueeze(0), target.unsqueeze(0)
+    cosine = (1 - nn.functional.cosine_similarity(prediction, target, dim=-1, eps=1e-12)).mean()
+    return cosine if kind == "cosine" else mse + cosine
+
+
+class ReplayBuffer:
+    """A ring buffer of named tensor rows, sampled uniformly with a given generator."""
+
+    def __init__(self, capacity: int) -> None:
+        check_positive("buffer", capacity, integer=True)
+        self.capacity = capacity
+        self.data: dict[str, Tensor] = {}
+        self.size = 0
+        self.position = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, **rows: Tensor) -> None:
+        count = next(iter(rows.values())).shape[0]
+        if not self.data:
+            self.data = {k: v.new_zeros((self.capacity,) + v.shape[1:]) for k, v in rows.items()}
+        if count >= self.capacity:  # keep only the newest rows
+            rows = {k: v[-self.capacity :] for k, v in rows.items()}
+            count = self.capacity
+        slots = (self.position + torch.arange(count)) % self.capacity
+        for key, value in rows.items():
+            self.data[key][slots.to(value.device)] = value.detach()
+        self.position = (self.position + count) % self.capacity
+        self.size = min(self.size + count, self.capacity)
+
+    def sample(self, count: int, generator: torch.Generator) -> dict[str, Tensor]:
+        index = torch.randint(0, self.size, (min(count, self.size),), generator=generator)
+        return {k: v[index.to(v.device)] for k, v in self.data.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"capacity": self.capacity, "data": {k: v.clone() for k, v in self.data.items()}, "size": self.size, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.capacity = state["capacity"]
+        self.data = {k: v.clone() for k, v in state["data"].items()}
+        self.size, self.position = state["size"], state["position"]
+
+
+class LearnedEstimator(Estimator):
+    """Base of the learned estimators: probes → replay buffer → online training → model VJP.
+
+    Args (shared by every learned estimator):
+        model: the backward model, or None for the estimator's default (built
+            lazily once the sizes ``d`` and ``m`` are known).
+        probes: probe directions per sample at each backward pass; may be
+            fractional (0.25: a random quarter of the batch gets one) or 0
+            (learn from forward data or from a wrapper's probes only).
+        step: perturbation size ``h``; default from the dtype.
+        scheme: ``"forward"`` (one evaluation per probe, reusing the forward
+            output) or ``"central"`` (two).
+        loss: ``"mse"``, ``"cosine"`` or ``"mse+cosine"`` (:func:`training_loss`).
+        lr: Adam learning rate of the model (ignored if ``optimizer`` is given).
+        updates: optimiser steps after each backward pass.
+        batch_size: replay minibatch size.
+        buffer: replay buffer capacity, in probe rows.
+        optimizer: a ``torch.optim`` class or factory ``params -> Optimizer``.
+        seed: seed of the estimator's generator (probes, minibatches, model init).
+
+    Cost per ``vjp``: ``(⌊probes⌋·B + round(frac(probes)·B))`` evaluations, doubled
+    for ``scheme="central"``; answering the VJP itself is free.
+    """
+
+    _repr_fields = ("probes", "scheme", "loss", "updates")
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        probes: float = 1.0,
+        step: float | None = None,
+        scheme: str = "forward",
+        loss: str = "mse",
+        lr: float = 1e-3,
+        updates: int = 4,
+        batch_size: int = 256,
+        buffer: int = 8192,
+        optimizer: Any = None,
+        seed: int | None = 0,
+    ) -> None:
+        if isinstance(probes, bool) or not isinstance(probes, (int, float)) or probes < 0:
+            raise ValueError(f"probes must be a non-negative number, got {probes!r}")
+        check_positive("step", step, allow_none=True)
+        check_option("scheme", scheme, ("forward", "central"))
+        check_option("loss", loss, TRAINING_LOSSES)
+        check_positive("lr", lr)
+        if isinstance(updates, bool) or not isinstance(updates, int) or updates < 0:
+            raise ValueError(f"updates must be a non-negative int, got {updates!r}")
+        check_positive("batch_size", batch_size, integer=True)
+        if model is not None and not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.probes = probes
+        self.step = step
+        self.scheme = scheme
+        self.loss = loss
+        self.lr = lr
+        self.updates = updates
+        self.batch_size = batch_size
+        self.buffer = ReplayBuffer(buffer)
+        self._optimizer_factory = optimizer
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.generator = make_generator(seed)
+        self.sizes: tuple[int, int] | None = None  # (d, m) once known
+        self.train_losses: list[float] = []
+
+    # ------------------------------------------------------- subclass hooks
+    @abc.abstractmethod
+    def default_model(self, d: int, m: int) -> nn.Module:
+        """The model used when none is given."""
+
+    @abc.abstractmethod
+    def predict_vjp(self, alpha: Tensor, grad_out: Tensor) -> Tensor:
+        """The model's VJP ``grad_out ⋅ Ĵ(α)``, shape ``(B, d)``; no device evaluation."""
+
+    @abc.abstractmethod
+    def fit_loss(self, rows: dict[str, Tensor]) -> Tensor:
+        """Training loss on a replay minibatch ``rows``."""
+
+    # ------------------------------------------------------------- contract
+    def vjp(self, prober, query: VJPQuery) -> Tensor:
+        self.prepare(query.dim, query.y.shape[1], query.alpha)
+        if self.probes > 0 and query.n_active > 0:
+            alpha, direction, slope, grad_out = self.probe(prober, query)
+            self.learn(alpha, direction, slope, grad_out)
+        with torch.no_grad():
+            return self.predict_vjp(query.alpha, query.grad_out)
+
+    def probe_cost(self, d: int, m: int, batch: int) -> int:
+        whole = math.floor(self.probes)
+        count = whole * batch + round((self.probes - whole) * batch)
+        return count * (2 if self.scheme == "central" else 1)
+
+    # -------------------------------------------------------------- shared
+    def prepare(self, d: int, m: int, like: Tensor) -> None:
+        """Build the model and optimiser for a ``d → m`` device on ``like``'s dtype/device."""
+        if self.sizes is not None:
+            if self.sizes != (d, m):
+                raise ValueError(f"{type(self).__name__} was built for a {self.sizes[0]} -> {self.sizes[1]} device, not {d} -> {m}")
+            return
+        self.sizes = (d, m)
+        if self.model is None:
+            state = torch.random.get_rng_state()
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator)))
+            self.model = self.default_model(d, m)
+            torch.random.set_rng_state(state)
+        self.model.to(device=like.device, dtype=like.real.dtype)
+        factory = self._optimizer_factory
+        if factory is None:
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr)
+        else:
+            self.optimizer = factory(self.model.parameters())
+
+    def probe(self, prober, query: VJPQuery) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Spend this backward pass's probes: returns rows ``(α, ε, slope, grad_out)``."""
+        alpha, batch = query.alpha, query.batch
+        whole = math.floor(self.probes)
+        extra = round((self.probes - whole) * batch)
+        draws = whole + (1 if extra else 0)
+        directions = query.directions(draws, self.generator)  # (K, B, d)
+        pick_k = torch.arange(whole).repeat_interleave(batch)
+        pick_b = torch.arange(batch).repeat(whole)
+        if extra:
+            chosen = torch.randperm(batch, generator=self.generator)[:extra]
+            pick_k = torch.cat([pick_k, torch.full((extra,), whole)])
+            pick_b = torch.cat([pick_b, chosen])
+        pick_k, pick_b = pick_k.to(alpha.device), pick_b.to(alpha.device)
+        direction = directions[pick_k, pick_b]
+        points = alpha[pick_b]
+        h = self.step if self.step is not None else default_step(alpha.dtype, 2 if self.scheme == "central" else 1)
+        count = points.shape[0]
+        if self.scheme == "central":
+            f_plus, f_minus = prober(torch.cat([points + h * direction, points - h * direction])).reshape(2, count, -1)
+            slope = (f_plus - f_minus) / (2 * h)
+        else:
+            slope = (prober(points + h * direction) - query.y[pick_b]) / h
+        return points, direction, slope, query.grad_out[pick_b]
+
+    def learn(self, alpha: Tensor, direction: Tensor, slope: Tensor, grad_out: Tensor) -> None:
+        """Store probe rows and take ``updates`` optimiser steps."""
+        self.prepare(alpha.shape[1], slope.shape[1], alpha)
+        scale = grad_out.norm(dim=1, keepdim=True).clamp(min=1e-30)
+        self.buffer.add(alpha=alpha, direction=direction, slope=slope, grad_out=grad_out / scale)
+        self.train(self.updates)
+
+    def has_training_data(self) -> bool:
+        return len(self.buffer) > 0
+
+    def train(self, steps: int) -> None:
+        """Take ``steps`` optimiser steps on replay minibatches."""
+        if steps == 0 or not self.has_training_data():
+            return
+        with torch.enable_grad():
+            for _ in range(steps):
+                rows = self.buffer.sample(self.batch_size, self.generator) if len(self.buffer) else {}
+                self.optimizer.zero_grad()
+                loss = self.fit_loss(rows)
+                loss.backward()
+                self.optimizer.step()
+                self.train_losses.append(float(loss.detach()))
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state.update(
+            sizes=self.sizes,
+            buffer=self.buffer.state_dict(),
+            model=None if self.model is None else {k: v.clone() for k, v in self.model.state_dict().items()},
+            optimizer=None if self.optimizer is None else self.optimizer.state_dict(),
+            train_losses=list(self.train_losses),
+        )
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.buffer.load_state_dict(state["buffer"])
+        self.train_losses = list(state["train_losses"])
+        if state["sizes"] is not None:
+            model_state = state["model"]
+            like = next(iter(model_state.values())) if model_state else torch.zeros(())
+            generator_state = self.generator.get_state()
+            self.prepare(*state["sizes"], like)
+            self.generator.set_state(generator_state)
+            self.model.load_state_dict(model_state)
+            self.optimizer.load_state_dict(state["optimizer"])
+
+
+def random_training_grad(rows: dict[str, Tensor], mode: str, generator: torch.Generator) -> Tensor:
+    """The ``grad_out`` a VJP model trains with: stored, a random basis vector, or Gaussian."""
+    stored = rows["grad_out"]
+    if mode == "grad_out":
+        return stored
+    count, m = stored.shape
+    if mode == "basis":
+        index = torch.randint(0, m, (count,), generator=generator)
+        return nn.functional.one_hot(index, m).to(stored)
+    draw = torch.randn(count, m, generator=generator).to(stored)
+    return draw / draw.norm(dim=1, keepdim=True)
+
+
+__all__ = ["LearnedEstimator", "ReplayBuffer", "training_loss", "TRAINING_LOSSES", "DISTRIBUTIONS", "random_training_grad"]

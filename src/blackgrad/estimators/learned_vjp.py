@@ -1,0 +1,89 @@
+"""Option 3 of seed 000: a learned vector–Jacobian product, linear in grad_out by construction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..nets import MLP
+from .base import check_option
+from .learned import LearnedEstimator, random_training_grad, training_loss
+
+TRAINING_GRADS = ("grad_out", "basis", "random")
+
+
+class BilinearVJP(nn.Module):
+    """``(α, g) ↦ ((g W_in) ⊙ h(α)) W_out``: linear in ``g`` for every ``α``.
+
+    ``h`` is a feature net ``(B, d) → (B, r)`` (default an MLP); ``W_in``
+    ``(m, r)`` and ``W_out`` ``(r, d)`` are learned matrices.  No bias touches
+    ``g``, so ``v(α, λg) = λ v(α, g)`` and ``v(α, g₁) + v(α, g₂) = v(α, g₁ + g₂)``
+    hold exactly (seed 000's symmetries), and the implied Jacobian is
+    ``W_outᵀ diag(h(α)) W_inᵀ``.
+    """
+
+    def __init__(self, d: int, m: int, rank: int = 64, hidden: tuple[int, ...] = (128, 128), features: nn.Module | None = None):
+        super().__init__()
+        self.features = features if features is not None else MLP(d, rank, hidden)
+        self.w_in = nn.Parameter(torch.randn(m, rank) / m**0.5)
+        self.w_out = nn.Parameter(torch.randn(rank, d) / rank**0.5)
+
+    def forward(self, alpha: Tensor, grad_out: Tensor) -> Tensor:
+        return ((grad_out @ self.w_in) * self.features(alpha)) @ self.w_out
+
+
+class LearnedVJP(LearnedEstimator):
+    """A model ``(α, grad_out) ↦ grad_in`` trained so that ``v(α, g)·ε ≈ gᵀ s``.
+
+    ``s`` is the measured slope along the probe direction ``ε``.  The model is
+    a :class:`BilinearVJP`, linear in ``g`` by construction.  Which ``g`` it
+    trains with (seed 000's question):
+
+    * ``"grad_out"``: the gradients actually flowing in training, so "the
+      model gets finer where we are evaluating the device";
+    * ``"basis"``: random canonical basis vectors;
+    * ``"random"``: random unit Gaussian vectors.
+
+    ``probes`` is seed 001's ``dim_sample``: probe directions per sample.
+
+    Args:
+        rank: width ``r`` of the bilinear core.
+        hidden: hidden sizes of the default feature MLP.
+        features: a feature net ``(B, d) → (B, rank)`` replacing the MLP
+            (e.g. :class:`~blackgrad.nets.LogLinExpNet`).
+        train_grad: ``"grad_out"``, ``"basis"`` or ``"random"``.
+        (others: see :class:`~blackgrad.estimators.learned.LearnedEstimator`)
+    """
+
+    _repr_fields = ("probes", "rank", "train_grad", "loss", "updates")
+
+    def __init__(
+        self,
+        rank: int = 64,
+        hidden: tuple[int, ...] = (128, 128),
+        features: nn.Module | None = None,
+        train_grad: str = "grad_out",
+        **options: Any,
+    ) -> None:
+        check_option("train_grad", train_grad, TRAINING_GRADS)
+        if "model" in options:
+            raise TypeError("LearnedVJP builds its own bilinear model; pass features= to change the feature net")
+        super().__init__(**options)
+        self.rank = rank
+        self.hidden = tuple(hidden)
+        self.features = features
+        self.train_grad = train_grad
+
+    def default_model(self, d: int, m: int) -> nn.Module:
+        return BilinearVJP(d, m, self.rank, self.hidden, self.features)
+
+    def predict_vjp(self, alpha: Tensor, grad_out: Tensor) -> Tensor:
+        return self.model(alpha, grad_out)
+
+    def fit_loss(self, rows: dict[str, Tensor]) -> Tensor:
+        grad = random_training_grad(rows, self.train_grad, self.generator)
+        predicted = (self.model(rows["alpha"], grad) * rows["direction"]).sum(1)
+        target = (grad * rows["slope"]).sum(1)
+        return training_loss(predicted, target, self.loss)
