@@ -233,3 +233,19 @@ def test_bad_learned_options_are_rejected():
         LearnedVJP(probes=-1)
     with pytest.raises(TypeError, match="inner must be an Estimator"):
         Unbiased("spsa")
+
+
+def test_fourier_features_and_embedding_option():
+    from blackgrad.nets import FourierFeatures
+
+    features = FourierFeatures(3, (1.0, 2.0))
+    z = torch.tensor([[0.5, -1.0, 2.0]])
+    out = features(z)
+    assert out.shape == (1, 3 * 5) and features.out_features == 15
+    assert torch.allclose(out[0, :3], z[0])
+    assert torch.allclose(out[0, 3:9], torch.sin(torch.stack([z[0] * 1.0, z[0] * 2.0], -1)).flatten())
+    twin = DigitalTwin(hidden=(8,), embedding=FourierFeatures(N, (1.0,)))
+    bg.BlackBox(smooth, twin)(torch.randn(4, N))
+    assert isinstance(twin.model[0], FourierFeatures)
+    with pytest.raises(TypeError, match="out_features"):
+        LearnedVJP(embedding=torch.nn.Identity())

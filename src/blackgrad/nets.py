@@ -6,12 +6,14 @@
   compares with the fully connected net.
 * :class:`ConstantJacobian` — a Jacobian model with the structure of a linear
   device given (seed 001's restore experiment: ``J = θ`` for ``f = θx``).
+* :class:`FourierFeatures` — periodic input features, for devices whose inputs
+  are phases (or that respond with high spatial frequency).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +30,42 @@ class MLP(nn.Sequential):
             width = size
         layers.append(nn.Linear(width, out_features))
         super().__init__(*layers)
+
+
+class FourierFeatures(nn.Module):
+    """``z ↦ (z, sin(ω_k z), cos(ω_k z))`` for each input and frequency ``ω_k``.
+
+    A plain MLP learns high-frequency functions very slowly (spectral bias);
+    a phase-encoded optical device responds to its inputs through
+    ``exp(i·scale·z)``, so giving the model ``sin`` and ``cos`` of the input at
+    the device's own frequencies turns an oscillatory target into a smooth
+    one.  ``out_features = in_features · (1 + 2·len(frequencies))``.
+
+    Args:
+        in_features: input size.
+        frequencies: angular frequencies, in radians per unit of input (for
+            :class:`~blackgrad.devices.SHG` with ``phase_scale = 3π``:
+            ``(π, 2π, 3π)``).
+    """
+
+    def __init__(self, in_features: int, frequencies: Sequence[float]):
+        super().__init__()
+        if not frequencies:
+            raise ValueError("FourierFeatures needs at least one frequency")
+        self.in_features = in_features
+        self.out_features = in_features * (1 + 2 * len(frequencies))
+        self.register_buffer("frequencies", torch.tensor([float(f) for f in frequencies]))
+
+    def forward(self, z: Tensor) -> Tensor:
+        angles = (z.unsqueeze(-1) * self.frequencies.to(z.dtype)).flatten(1)
+        return torch.cat([z, torch.sin(angles), torch.cos(angles)], dim=1)
+
+
+def embedded(embedding: nn.Module | None, d: int, make: "Callable[[int], nn.Module]") -> nn.Module:
+    """``make(width)`` preceded by ``embedding`` (whose ``out_features`` gives the width)."""
+    if embedding is None:
+        return make(d)
+    return nn.Sequential(embedding, make(embedding.out_features))
 
 
 class LogLinExp(nn.Module):

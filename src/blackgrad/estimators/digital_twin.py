@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..nets import MLP
+from ..nets import MLP, embedded
 from .learned import LearnedEstimator, ReplayBuffer, training_loss
 
 
@@ -61,7 +61,7 @@ class DigitalTwin(LearnedEstimator):
         self.values = ReplayBuffer(buffer)  # (α, y) pairs
 
     def default_model(self, d: int, m: int) -> nn.Module:
-        return MLP(d, m, self.hidden)
+        return embedded(self.embedding, d, lambda width: MLP(width, m, self.hidden))
 
     def observe(self, alpha: Tensor, y: Tensor) -> None:
         if not self.online:

@@ -101,6 +101,10 @@ class LearnedEstimator(Estimator):
         batch_size: replay minibatch size.
         buffer: replay buffer capacity, in probe rows.
         optimizer: a ``torch.optim`` class or factory ``params -> Optimizer``.
+        embedding: a module applied to ``α`` before the default model's net,
+            with an ``out_features`` attribute, e.g.
+            :class:`~blackgrad.nets.FourierFeatures` for phase-encoded devices
+            (ignored when ``model`` is given).
         seed: seed of the estimator's generator (probes, minibatches, model init).
 
     Cost per ``vjp``: ``(⌊probes⌋·B + round(frac(probes)·B))`` evaluations, doubled
@@ -121,6 +125,7 @@ class LearnedEstimator(Estimator):
         batch_size: int = 256,
         buffer: int = 8192,
         optimizer: Any = None,
+        embedding: nn.Module | None = None,
         seed: int | None = 0,
     ) -> None:
         if isinstance(probes, bool) or not isinstance(probes, (int, float)) or probes < 0:
@@ -134,7 +139,10 @@ class LearnedEstimator(Estimator):
         check_positive("batch_size", batch_size, integer=True)
         if model is not None and not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        if embedding is not None and not hasattr(embedding, "out_features"):
+            raise TypeError("embedding needs an out_features attribute giving its output width")
         self.model = model
+        self.embedding = embedding
         self.probes = probes
         self.step = step
         self.scheme = scheme

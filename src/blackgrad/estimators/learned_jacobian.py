@@ -7,17 +7,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..nets import MLP
+from ..nets import MLP, embedded
 from .learned import LearnedEstimator, training_loss
 
 
 class _FullJacobian(nn.Module):
     """``α ↦ J(α)``: an MLP with ``m·d`` outputs reshaped to ``(m, d)``."""
 
-    def __init__(self, d: int, m: int, hidden: tuple[int, ...]):
+    def __init__(self, d: int, m: int, hidden: tuple[int, ...], embedding: nn.Module | None = None):
         super().__init__()
         self.m, self.d = m, d
-        self.net = MLP(d, m * d, hidden)
+        self.net = embedded(embedding, d, lambda width: MLP(width, m * d, hidden))
 
     def forward(self, alpha: Tensor) -> Tensor:
         return self.net(alpha).reshape(-1, self.m, self.d)
@@ -26,10 +26,10 @@ class _FullJacobian(nn.Module):
 class _LowRankJacobian(nn.Module):
     """``α ↦ U(α) V(α)ᵀ / √r`` with ``U`` ``(m, r)`` and ``V`` ``(d, r)``: (m + d)·r outputs."""
 
-    def __init__(self, d: int, m: int, rank: int, hidden: tuple[int, ...]):
+    def __init__(self, d: int, m: int, rank: int, hidden: tuple[int, ...], embedding: nn.Module | None = None):
         super().__init__()
         self.m, self.d, self.rank = m, d, rank
-        self.net = MLP(d, (m + d) * rank, hidden)
+        self.net = embedded(embedding, d, lambda width: MLP(width, (m + d) * rank, hidden))
 
     def forward(self, alpha: Tensor) -> Tensor:
         factors = self.net(alpha)
@@ -65,8 +65,8 @@ class LearnedJacobian(LearnedEstimator):
 
     def default_model(self, d: int, m: int) -> nn.Module:
         if self.rank is None:
-            return _FullJacobian(d, m, self.hidden)
-        return _LowRankJacobian(d, m, self.rank, self.hidden)
+            return _FullJacobian(d, m, self.hidden, self.embedding)
+        return _LowRankJacobian(d, m, self.rank, self.hidden, self.embedding)
 
     def jacobian(self, alpha: Tensor) -> Tensor:
         """The model's Jacobian at ``alpha``: ``(B, m, d)``."""

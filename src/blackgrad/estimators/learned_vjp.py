@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..nets import MLP
+from ..nets import MLP, embedded
 from .base import check_option
 from .learned import LearnedEstimator, random_training_grad, training_loss
 
@@ -24,9 +24,17 @@ class BilinearVJP(nn.Module):
     ``W_outᵀ diag(h(α)) W_inᵀ``.
     """
 
-    def __init__(self, d: int, m: int, rank: int = 64, hidden: tuple[int, ...] = (128, 128), features: nn.Module | None = None):
+    def __init__(
+        self,
+        d: int,
+        m: int,
+        rank: int = 64,
+        hidden: tuple[int, ...] = (128, 128),
+        features: nn.Module | None = None,
+        embedding: nn.Module | None = None,
+    ):
         super().__init__()
-        self.features = features if features is not None else MLP(d, rank, hidden)
+        self.features = features if features is not None else embedded(embedding, d, lambda width: MLP(width, rank, hidden))
         self.w_in = nn.Parameter(torch.randn(m, rank) / m**0.5)
         self.w_out = nn.Parameter(torch.randn(rank, d) / rank**0.5)
 
@@ -77,7 +85,7 @@ class LearnedVJP(LearnedEstimator):
         self.train_grad = train_grad
 
     def default_model(self, d: int, m: int) -> nn.Module:
-        return BilinearVJP(d, m, self.rank, self.hidden, self.features)
+        return BilinearVJP(d, m, self.rank, self.hidden, self.features, self.embedding)
 
     def predict_vjp(self, alpha: Tensor, grad_out: Tensor) -> Tensor:
         return self.model(alpha, grad_out)
