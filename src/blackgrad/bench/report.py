@@ -1,0 +1,114 @@
+"""Tables and figures of benchmark records."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from .methods import METHODS
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarise(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Per task, one row per method: means over seeds, and accuracy relative to exact backprop."""
+    grouped: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for record in records:
+        grouped[record["task"]][record["method"]].append(record)
+    tables = {}
+    for task, by_method in grouped.items():
+        exact = by_method.get("exact")
+        exact_accuracy = statistics.fmean(r["accuracy"] for r in exact) if exact else None
+        rows = []
+        for method, runs in by_method.items():
+            accuracy, spread = _mean_std([r["accuracy"] for r in runs])
+            cosines = [r["cosine"] for r in runs if r["cosine"] is not None]
+            rows.append(
+                {
+                    "method": method,
+                    "label": METHODS[method].label,
+                    "seeds": len(runs),
+                    "accuracy": accuracy,
+                    "accuracy_std": spread,
+                    "evaluations_per_sample": statistics.fmean(r["evaluations_per_sample"] for r in runs),
+                    "cosine": statistics.fmean(cosines) if cosines else None,
+                    "wall_seconds": statistics.fmean(r["wall_seconds"] for r in runs),
+                    "fraction_of_exact": accuracy / exact_accuracy if exact_accuracy else None,
+                }
+            )
+        tables[task] = rows
+    return tables
+
+
+def markdown(tables: dict[str, list[dict[str, Any]]], titles: dict[str, str]) -> str:
+    lines = []
+    for task, rows in tables.items():
+        lines += [
+            f"### {titles.get(task, task)} (`{task}`)",
+            "",
+            "| method | test accuracy | evals / sample | VJP cosine | wall s | × exact |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in rows:
+            cosine = "—" if row["cosine"] is None else f"{row['cosine']:.3f}"
+            fraction = "—" if row["fraction_of_exact"] is None else f"{row['fraction_of_exact']:.3f}"
+            lines.append(
+                f"| {row['label']} | {row['accuracy']:.3f} ± {row['accuracy_std']:.3f} | "
+                f"{row['evaluations_per_sample']:.2f} | {cosine} | {row['wall_seconds']:.1f} | {fraction} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def figures(records: list[dict[str, Any]], out: Path) -> list[str]:
+    """Accuracy vs device evaluations, and gradient cosine over training, one pair per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    for task in dict.fromkeys(r["task"] for r in records):
+        runs = [r for r in records if r["task"] == task]
+        fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+        for method in dict.fromkeys(r["method"] for r in runs):
+            mine = [r for r in runs if r["method"] == method]
+            first = mine[0]
+            evaluations = [e for e, _ in first["curve"]]
+            # mean over seeds, epoch by epoch (all seeds share the schedule)
+            length = min(len(r["curve"]) for r in mine)
+            mean_accuracy = [statistics.fmean(r["curve"][i][1] for r in mine) for i in range(length)]
+            left.plot(evaluations[:length], mean_accuracy, marker="o", markersize=3, label=METHODS[method].label)
+            if first["cosine_curve"]:
+                steps = [s for s, _ in first["cosine_curve"]]
+                right.plot(steps, [c for _, c in first["cosine_curve"]], label=METHODS[method].label, lw=1)
+        left.set_xscale("log")
+        left.set_xlabel("device evaluations per training sample (cumulative)")
+        left.set_ylabel("test accuracy")
+        left.set_title(f"{task}: accuracy vs device evaluations")
+        right.set_xlabel("training step")
+        right.set_ylabel("cosine(estimated VJP, exact VJP)")
+        right.set_title(f"{task}: gradient fidelity (seed {runs[0]['seed']})")
+        left.legend(fontsize=7)
+        fig.tight_layout()
+        name = f"{task}.png"
+        fig.savefig(out / name, dpi=100)
+        plt.close(fig)
+        names.append(name)
+    return names
+
+
+def write(records: list[dict[str, Any]], out: Path, titles: dict[str, str], header: str) -> dict[str, Any]:
+    """Write ``results.json``, ``results.md`` and the figures into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    tables = summarise(records)
+    table_text = markdown(tables, titles)
+    names = figures(records, out)
+    (out / "results.json").write_text(json.dumps({"tables": tables, "records": records}, indent=1))
+    (out / "results.md").write_text(header + "\n\n" + table_text + "\n" + "\n".join(f"![{n}]({n})" for n in names) + "\n")
+    return {"tables": tables, "markdown": table_text, "figures": names}

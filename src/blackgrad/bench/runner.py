@@ -1,0 +1,149 @@
+"""Train one (task, method, seed) and measure it: accuracy, evaluations, gradient cosine, time."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .methods import METHODS, Method
+from .tasks import Data, HybridNet, Task
+
+#: measure the gradient cosine every this many training steps
+COSINE_EVERY = 5
+
+
+def accuracy(model: HybridNet, x: Tensor, y: Tensor) -> float:
+    """Test accuracy; the evaluations it spends are left out of the training ledger."""
+    saved = [box.calls.as_dict() for box in model.boxes]
+    model.eval()
+    with torch.no_grad():
+        predicted = model(x).argmax(1)
+    model.train()
+    for box, state in zip(model.boxes, saved):
+        box.calls.load_dict(state)
+    return (predicted == y).float().mean().item()
+
+
+def _cosines(model: HybridNet) -> float | None:
+    """Mean cosine between each box's estimated input gradient and the exact VJP there."""
+    values = []
+    for (u, h), box, device in zip(model.probes, model.boxes, model.devices):
+        if u.grad is None or h.grad is None:
+            continue
+        theta = None if box.params is None else box.params.detach()
+        exact, _ = device.exact_vjp(u.detach(), theta, h.grad)
+        keep = (exact.norm(dim=1) > 0) & (u.grad.norm(dim=1) > 0)
+        if keep.any():
+            values.append(nn.functional.cosine_similarity(u.grad[keep], exact[keep], dim=1).mean().item())
+    return sum(values) / len(values) if values else None
+
+
+def build(task: Task, method: Method, data: Data, seed: int) -> HybridNet:
+    torch.manual_seed(seed)
+    devices = [task.device(seed * 100 + layer) for layer in range(task.layers)]
+    estimators = []
+    for layer, device in enumerate(devices):
+        make = method.make if method.make is not None else METHODS["exact"].make  # never called for readout/cma
+        estimators.append(make(device, task, seed * 100 + layer))
+    return HybridNet(data.n_features, data.n_classes, devices, estimators)
+
+
+def _pretrain(model: HybridNet, samples: int, epochs: int, seed: int) -> None:
+    """Fit each box's twin on ``samples`` uniform inputs in the device range [-1, 1]."""
+    generator = torch.Generator().manual_seed(seed + 7)
+    for box, device in zip(model.boxes, model.devices):
+        x = torch.rand(samples, device.in_features, generator=generator) * 2 - 1
+        box.pretrain(x, epochs=epochs)
+
+
+def run_one(task: Task, method_name: str, seed: int, data: Data, epochs: int) -> dict[str, Any]:
+    """Train and measure; returns a JSON-ready record."""
+    method = METHODS[method_name]
+    model = build(task, method, data, seed)
+    n_train = data.x_train.shape[0]
+    samples_seen = epochs * n_train
+    start = time.perf_counter()
+    if method.pretrain:
+        _pretrain(model, int(method.pretrain * samples_seen), 5 if epochs <= task.quick_epochs else task.pretrain_epochs, seed)
+    curve: list[tuple[float, float]] = []
+    cosines: list[tuple[int, float]] = []
+    if method.kind == "cma":
+        _train_cma(task, model, data, epochs, seed, curve)
+    else:
+        if method.kind == "readout":
+            trainable = list(model.readout.parameters())
+        else:
+            trainable = list(model.parameters())
+        optimizer = torch.optim.Adam(trainable, lr=task.lr)
+        generator = torch.Generator().manual_seed(seed)
+        step = 0
+        for _ in range(epochs):
+            order = torch.randperm(n_train, generator=generator)
+            for begin in range(0, n_train, task.batch_size):
+                index = order[begin : begin + task.batch_size]
+                record = method.kind == "gradient" and step % COSINE_EVERY == 0
+                logits = model(data.x_train[index], record=record)
+                loss = nn.functional.cross_entropy(logits, data.y_train[index])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                if record and (value := _cosines(model)) is not None:
+                    cosines.append((step, value))
+                step += 1
+            curve.append((model.evaluations() / n_train, accuracy(model, data.x_test, data.y_test)))
+    wall = time.perf_counter() - start
+    return {
+        "task": task.name,
+        "method": method.name,
+        "seed": seed,
+        "accuracy": curve[-1][1],
+        "evaluations_per_sample": model.evaluations() / samples_seen,
+        "evaluations": model.evaluations(),
+        "cosine": sum(c for _, c in cosines) / len(cosines) if cosines else None,
+        "cosine_curve": cosines,
+        "curve": curve,
+        "wall_seconds": wall,
+    }
+
+
+def _train_cma(task: Task, model: HybridNet, data: Data, epochs: int, seed: int, curve: list) -> None:
+    """Separable CMA-ES on every digital parameter; the device θ stays at its default.
+
+    Budget: as many device evaluations as 10 per training sample per epoch
+    (the cost of SPSA with ~5 antithetic directions); each candidate is scored
+    by cross-entropy on one shared minibatch of 256 per generation.
+    """
+    import cma
+
+    params = model.digital_parameters()
+    vector = nn.utils.parameters_to_vector(params).detach()
+    n_train = data.x_train.shape[0]
+    budget = 10 * epochs * n_train
+    strategy = cma.CMAEvolutionStrategy(
+        vector.double().numpy(), 0.05, {"CMA_diagonal": True, "seed": seed + 1, "verbose": -9}
+    )
+    # at least 50 generations within the budget, minibatches of at most 256
+    batch = max(8, min(256, n_train, budget // (50 * strategy.popsize)))
+    generator = torch.Generator().manual_seed(seed)
+    model.eval()
+    per_epoch = budget // epochs
+    next_mark = per_epoch
+    while model.evaluations() + strategy.popsize * batch <= budget:
+        index = torch.randint(0, n_train, (batch,), generator=generator)
+        candidates = strategy.ask()
+        scores = []
+        for candidate in candidates:
+            nn.utils.vector_to_parameters(torch.as_tensor(candidate, dtype=vector.dtype), params)
+            with torch.no_grad():
+                scores.append(nn.functional.cross_entropy(model(data.x_train[index]), data.y_train[index]).item())
+        strategy.tell(candidates, scores)
+        if model.evaluations() >= next_mark:
+            nn.utils.vector_to_parameters(torch.as_tensor(strategy.result.xfavorite, dtype=vector.dtype), params)
+            curve.append((model.evaluations() / n_train, accuracy(model, data.x_test, data.y_test)))
+            next_mark += per_epoch
+    nn.utils.vector_to_parameters(torch.as_tensor(strategy.result.xfavorite, dtype=vector.dtype), params)
+    curve.append((model.evaluations() / n_train, accuracy(model, data.x_test, data.y_test)))
+    model.train()

@@ -1,0 +1,108 @@
+"""The ``blackgrad`` command line: the demo, the benchmark and the seed experiments."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+
+def _run_folder(kind: str, out: Optional[Path]) -> Path:
+    if out is None:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = Path("runs") / f"{kind}-{stamp}"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+@app.command()
+def demo(
+    out: Optional[Path] = typer.Option(None, help="run folder (default runs/demo-<time>)"),
+    quick: bool = typer.Option(False, help="a few-second version (used by the tests)"),
+    seed: int = typer.Option(0, help="random seed"),
+) -> None:
+    """Train a hybrid model on digits through a black box, next to exact backprop."""
+    from .demo import run_demo
+
+    folder = _run_folder("demo", out)
+    report = run_demo(folder, quick=quick, seed=seed)
+    typer.echo(f"\nreport written to {report}")
+
+
+@app.command()
+def bench(
+    out: Optional[Path] = typer.Option(None, help="run folder (default runs/bench-<time>)"),
+    quick: bool = typer.Option(False, help="smoke run: small data, 1 epoch, 1 seed, the main task only unless --tasks"),
+    tasks: Optional[str] = typer.Option(None, help="comma-separated task names (default: all)"),
+    methods: Optional[str] = typer.Option(None, help="comma-separated method names (default: each task's list)"),
+    seeds: Optional[int] = typer.Option(None, help="number of seeds 0, 1, ... (default 3; 1 with --quick)"),
+) -> None:
+    """Compare gradient estimators side by side on simulated physical devices."""
+    from .bench import METHODS, run_benchmark
+    from .bench import tasks as all_tasks
+
+    known_tasks = all_tasks()
+    task_names = tasks.split(",") if tasks else None
+    method_names = methods.split(",") if methods else None
+    for name in task_names or []:
+        if name not in known_tasks:
+            typer.echo(f"unknown task {name!r}; known tasks: {', '.join(known_tasks)}", err=True)
+            raise typer.Exit(2)
+    for name in method_names or []:
+        if name not in METHODS:
+            typer.echo(f"unknown method {name!r}; known methods: {', '.join(METHODS)}", err=True)
+            raise typer.Exit(2)
+    seeds = seeds if seeds is not None else (1 if quick else 3)
+    if seeds < 1:
+        typer.echo("--seeds must be at least 1", err=True)
+        raise typer.Exit(2)
+    folder = _run_folder("bench", out)
+    summary = run_benchmark(folder, quick=quick, task_names=task_names, method_names=method_names, seeds=tuple(range(seeds)))
+    typer.echo("\n" + summary["markdown"])
+    typer.echo(f"tables and figures written to {folder}")
+
+
+@app.command("run")
+def run_experiment(
+    name: str = typer.Argument(..., help="experiment name, or 'all'"),
+    quick: bool = typer.Option(False, help="small, fast variant"),
+    out: Optional[Path] = typer.Option(None, help="output folder (default runs/experiments)"),
+) -> None:
+    """Run one of the seed experiments (or all of them) and rebuild the index report."""
+    from .experiments import EXPERIMENTS, available, load
+    from .experiments.report import write_index
+
+    root = out if out is not None else Path("runs") / "experiments"
+    names = available() if name == "all" else [name]
+    for experiment in names:
+        try:
+            module = load(experiment)
+        except KeyError as err:
+            typer.echo(str(err.args[0]), err=True)
+            raise typer.Exit(2)
+        config = module.Config.quick() if quick else module.Config()
+        typer.echo(f"running {experiment} ({'quick' if quick else 'full'}) -> {root / experiment}")
+        result = module.run(config, root / experiment, progress=True)
+        for row in result.get("claims", []):
+            mark = "holds" if row["holds"] else "DOES NOT HOLD"
+            typer.echo(f"  [{mark}] {row['claim']} -- {row['measured']}")
+    index = write_index(root, [e for e in EXPERIMENTS if (root / e / "results.json").exists()])
+    typer.echo(f"index report: {index}")
+
+
+@app.command()
+def report(folder: Path = typer.Argument(Path("runs") / "experiments", help="folder holding experiment results")) -> None:
+    """Rebuild the HTML index report of experiments already run."""
+    from .experiments import EXPERIMENTS
+    from .experiments.report import write_index
+
+    index = write_index(folder, [e for e in EXPERIMENTS if (folder / e / "results.json").exists()])
+    typer.echo(f"index report: {index}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
