@@ -16,7 +16,7 @@ from pathlib import Path
 from .bench import run_benchmark
 
 #: the estimator the demo recommends (see BENCHMARKS.md for why)
-RECOMMENDED = "spsa-8"
+RECOMMENDED = "twin-slopes"
 
 
 def run_demo(out: Path, quick: bool = False, seed: int = 0) -> Path:
