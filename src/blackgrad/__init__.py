@@ -4,7 +4,7 @@ The black box — a physical device, a simulator, non-differentiable code — ru
 for real in the forward pass; a gradient estimator supplies the backward pass.
 """
 
-from . import estimators
+from . import activations, devices, estimators, losses, nets, transforms
 from .errors import (
     BlackGradError,
     BudgetExhausted,
@@ -25,6 +25,11 @@ __all__ = [
     "gradiator",
     "no_grad",
     "estimators",
+    "devices",
+    "nets",
+    "losses",
+    "activations",
+    "transforms",
     "Ledger",
     "Prober",
     "RetryPolicy",

@@ -28,11 +28,15 @@ def run_benchmark(
     method_names: Sequence[str] | None = None,
     seeds: Sequence[int] = (0, 1, 2),
     progress: bool = True,
+    threads: int | None = 1,
 ) -> dict[str, Any]:
     """Run every (task, method, seed), write tables and figures into ``out``; return the summary.
 
     ``quick``: small data and few epochs, and — unless tasks are named — the
     main task alone: a smoke run well under a minute.
+    ``threads``: torch threads during the run (default 1: the batches are
+    small, so threading overhead outweighs the gain, and one busy core does
+    not stall the run; None leaves torch's setting).
     """
     table = tasks()
     default_tasks = ["digits-shg"] if quick else list(table)
@@ -47,14 +51,20 @@ def run_benchmark(
                 plan += [(task, method, seed) for seed in seeds]
     records = []
     data_cache: dict[str, Any] = {}
-    bar = tqdm(plan, disable=not progress, desc="benchmark")
-    for task, method, seed in bar:
-        bar.set_postfix_str(f"{task.name} {method} seed {seed}")
-        data = data_cache.setdefault(task.name, task.data(quick))
-        epochs = task.quick_epochs if quick else task.epochs
-        records.append(run_one(task, method, seed, data, epochs))
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        bar = tqdm(plan, disable=not progress, desc="benchmark")
+        for task, method, seed in bar:
+            bar.set_postfix_str(f"{task.name} {method} seed {seed}")
+            data = data_cache.setdefault(task.name, task.data(quick))
+            epochs = task.quick_epochs if quick else task.epochs
+            records.append(run_one(task, method, seed, data, epochs))
+    finally:
+        torch.set_num_threads(previous_threads)
     header = (
         f"Benchmark ({'quick' if quick else 'full'}): seeds {list(seeds)}, "
-        f"torch {torch.__version__}, {platform.machine()} with {torch.get_num_threads()} threads."
+        f"torch {torch.__version__}, {platform.machine()}, {threads or previous_threads} torch thread(s)."
     )
     return report.write(records, Path(out), {t.name: t.title for t in selected}, header)
