@@ -40,15 +40,20 @@ def run_benchmark(
     """
     table = tasks()
     default_tasks = ["digits-shg"] if quick else list(table)
+    for name in task_names or []:
+        if name not in table:
+            raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(table)}")
+    for name in method_names or []:
+        if name not in METHODS:
+            raise ValueError(f"unknown method {name!r}; known methods: {', '.join(METHODS)}")
     selected = [table[name] for name in (task_names or default_tasks)]
     plan = []
     for task in selected:
         allowed = task.methods or tuple(METHODS)
-        for method in method_names or allowed:
-            if method not in METHODS:
-                raise KeyError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
-            if method in allowed:
-                plan += [(task, method, seed) for seed in seeds]
+        chosen = [m for m in (method_names or allowed) if m in allowed]
+        if not chosen:
+            raise ValueError(f"none of the methods asked for runs on task {task.name!r}; its methods: {', '.join(allowed)}")
+        plan += [(task, method, seed) for method in chosen for seed in seeds]
     records = []
     data_cache: dict[str, Any] = {}
     previous_threads = torch.get_num_threads()
@@ -58,7 +63,9 @@ def run_benchmark(
         bar = tqdm(plan, disable=not progress, desc="benchmark")
         for task, method, seed in bar:
             bar.set_postfix_str(f"{task.name} {method} seed {seed}")
-            data = data_cache.setdefault(task.name, task.data(quick))
+            if task.name not in data_cache:
+                data_cache[task.name] = task.data(quick)
+            data = data_cache[task.name]
             epochs = task.quick_epochs if quick else task.epochs
             records.append(run_one(task, method, seed, data, epochs))
     finally:

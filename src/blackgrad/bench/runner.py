@@ -18,10 +18,11 @@ COSINE_EVERY = 5
 def accuracy(model: HybridNet, x: Tensor, y: Tensor) -> float:
     """Test accuracy; the evaluations it spends are left out of the training ledger."""
     saved = [box.calls.as_dict() for box in model.boxes]
+    training = model.training
     model.eval()
     with torch.no_grad():
         predicted = model(x).argmax(1)
-    model.train()
+    model.train(training)
     for box, state in zip(model.boxes, saved):
         box.calls.load_dict(state)
     return (predicted == y).float().mean().item()
@@ -46,7 +47,8 @@ def build(task: Task, method: Method, data: Data, seed: int) -> HybridNet:
     devices = [task.device(seed * 100 + layer) for layer in range(task.layers)]
     estimators = []
     for layer, device in enumerate(devices):
-        make = method.make if method.make is not None else METHODS["exact"].make  # never called for readout/cma
+        # readout-only and CMA-ES never backpropagate through a box; any estimator will do
+        make = method.make if method.make is not None else METHODS["exact"].make
         estimators.append(make(device, task, seed * 100 + layer))
     return HybridNet(data.n_features, data.n_classes, devices, estimators)
 
@@ -74,9 +76,12 @@ def run_one(task: Task, method_name: str, seed: int, data: Data, epochs: int) ->
         _train_cma(task, model, data, epochs, seed, curve)
     else:
         if method.kind == "readout":
-            trainable = list(model.readout.parameters())
-        else:
-            trainable = list(model.parameters())
+            # reservoir computing: the encoders and device θ stay at their random start, and
+            # without requires_grad no gradient is asked of the devices at all
+            for parameter in model.parameters():
+                parameter.requires_grad_(False)
+            model.readout.requires_grad_(True)
+        trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(trainable, lr=task.lr)
         generator = torch.Generator().manual_seed(seed)
         step = 0

@@ -153,6 +153,36 @@ class Estimator(abc.ABC):
         return f"{type(self).__name__}({inner})"
 
 
+def directional_slopes(prober, points: Tensor, directions: Tensor, step: float, y: Tensor | None) -> Tensor:
+    """Measured slopes of the device along ``directions`` at ``points`` (both ``(N, d)``).
+
+    One-sided ``(f(α + hε) − y) / h`` when the outputs ``y`` at ``points`` are
+    given (the forward pass already paid for them), central
+    ``(f(α + hε) − f(α − hε)) / 2h`` otherwise — in one prober request either
+    way.  ``h`` is the step really taken along ``ε`` after rounding; a step too
+    small for the dtype to represent raises instead of returning a zero or NaN
+    slope.  Returns ``(N, m)``.
+    """
+    plus = points + step * directions
+    moved = [plus - points]
+    if y is None:
+        minus = points - step * directions
+        moved.append(points - minus)
+        f_plus, f_minus = prober(torch.cat([plus, minus])).reshape(2, points.shape[0], -1)
+        difference = f_plus - f_minus
+    else:
+        difference = prober(plus) - y
+    taken = sum(moved)  # the whole displacement between the two evaluations
+    norm = directions.pow(2).sum(1)
+    length = (taken * directions).sum(1) / norm.clamp(min=torch.finfo(norm.dtype).tiny)
+    if bool(((length == 0) & (norm > 0)).any()):
+        raise ValueError(
+            f"a probe step of {step:g} vanishes in {points.dtype} at these inputs (|α| up to "
+            f"{points.abs().max().item():.3g}); pass a larger step="
+        )
+    return difference / length.clamp(min=torch.finfo(norm.dtype).tiny).unsqueeze(1)
+
+
 def make_generator(seed: int | None) -> torch.Generator:
     """A CPU generator seeded with ``seed`` (a fresh random seed when None)."""
     generator = torch.Generator()

@@ -82,7 +82,7 @@ class Broyden(Estimator):
         return query.grad_out @ jacobian
 
     def probe_cost(self, d: int, m: int, batch: int) -> int:
-        return self.probes * batch
+        return self.probes * batch if d > 0 else 0
 
     def state_dict(self):
         state = super().state_dict()

@@ -55,6 +55,8 @@ class DigitalTwin(LearnedEstimator):
         **options: Any,
     ) -> None:
         super().__init__(model=model, probes=probes, buffer=buffer, **options)
+        if probes > 0 and (slope_weight <= 0 or not online):
+            raise ValueError("DigitalTwin probes are only used with slope_weight > 0 and online=True; otherwise they would be paid for and thrown away")
         self.hidden = tuple(hidden)
         self.online = bool(online)
         self.slope_weight = float(slope_weight)
@@ -83,6 +85,7 @@ class DigitalTwin(LearnedEstimator):
         """
         y = prober(alpha)
         self.prepare(alpha.shape[1], y.shape[1], alpha)
+        self.values.reserve(len(self.values) + alpha.shape[0])  # keep every row that was paid for
         self.values.add(alpha=alpha, y=y)
         steps_per_epoch = max(1, alpha.shape[0] // self.batch_size)
         history = []
@@ -109,10 +112,12 @@ class DigitalTwin(LearnedEstimator):
         if rows and self.slope_weight > 0:
             _, twin_slope = torch.func.jvp(self.model, (rows["alpha"],), (rows["direction"],))
             terms.append(self.slope_weight * training_loss(twin_slope, rows["slope"], self.loss))
+        if not terms:
+            raise RuntimeError("DigitalTwin has nothing to fit: no forward values yet and no slope rows (slope_weight=0)")
         return sum(terms)
 
     def has_training_data(self) -> bool:
-        return len(self.values) > 0 or len(self.buffer) > 0
+        return len(self.values) > 0 or (len(self.buffer) > 0 and self.slope_weight > 0)
 
     def state_dict(self):
         state = super().state_dict()

@@ -16,13 +16,14 @@ it; then it answers the VJP from its model, at no further device cost.
 from __future__ import annotations
 
 import abc
+import copy
 import math
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .base import DISTRIBUTIONS, Estimator, VJPQuery, check_option, check_positive, default_step, make_generator
+from .base import Estimator, VJPQuery, check_option, check_positive, default_step, directional_slopes, make_generator
 
 TRAINING_LOSSES = ("mse", "cosine", "mse+cosine")
 
@@ -69,6 +70,15 @@ class ReplayBuffer:
             self.data[key][slots.to(value.device)] = value.detach()
         self.position = (self.position + count) % self.capacity
         self.size = min(self.size + count, self.capacity)
+
+    def reserve(self, capacity: int) -> None:
+        """Grow to hold at least ``capacity`` rows, keeping the rows held (oldest first)."""
+        if capacity <= self.capacity:
+            return
+        held = {k: torch.roll(v, -self.position, 0)[-self.size :] if self.size == self.capacity else v[: self.size] for k, v in self.data.items()}
+        self.capacity, self.data, self.size, self.position = capacity, {}, 0, 0
+        if held and next(iter(held.values())).shape[0]:
+            self.add(**held)
 
     def sample(self, count: int, generator: torch.Generator) -> dict[str, Tensor]:
         index = torch.randint(0, self.size, (min(count, self.size),), generator=generator)
@@ -173,13 +183,15 @@ class LearnedEstimator(Estimator):
     # ------------------------------------------------------------- contract
     def vjp(self, prober, query: VJPQuery) -> Tensor:
         self.prepare(query.dim, query.y.shape[1], query.alpha)
-        if self.probes > 0 and query.n_active > 0:
+        if self.probe_cost(query.n_active, query.y.shape[1], query.batch) > 0:
             alpha, direction, slope, grad_out = self.probe(prober, query)
             self.learn(alpha, direction, slope, grad_out)
         with torch.no_grad():
             return self.predict_vjp(query.alpha, query.grad_out)
 
     def probe_cost(self, d: int, m: int, batch: int) -> int:
+        if d == 0:
+            return 0
         whole = math.floor(self.probes)
         count = whole * batch + round((self.probes - whole) * batch)
         return count * (2 if self.scheme == "central" else 1)
@@ -193,10 +205,10 @@ class LearnedEstimator(Estimator):
             return
         self.sizes = (d, m)
         if self.model is None:
-            state = torch.random.get_rng_state()
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator)))
-            self.model = self.default_model(d, m)
-            torch.random.set_rng_state(state)
+            # Initialise from the estimator's own generator without touching the user's RNG.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator)))
+                self.model = self.default_model(d, m)
         self.model.to(device=like.device, dtype=like.real.dtype)
         factory = self._optimizer_factory
         if factory is None:
@@ -221,12 +233,8 @@ class LearnedEstimator(Estimator):
         direction = directions[pick_k, pick_b]
         points = alpha[pick_b]
         h = self.step if self.step is not None else default_step(alpha.dtype, 2 if self.scheme == "central" else 1)
-        count = points.shape[0]
-        if self.scheme == "central":
-            f_plus, f_minus = prober(torch.cat([points + h * direction, points - h * direction])).reshape(2, count, -1)
-            slope = (f_plus - f_minus) / (2 * h)
-        else:
-            slope = (prober(points + h * direction) - query.y[pick_b]) / h
+        y = None if self.scheme == "central" else query.y[pick_b]
+        slope = directional_slopes(prober, points, direction, h, y)
         return points, direction, slope, query.grad_out[pick_b]
 
     def learn(self, alpha: Tensor, direction: Tensor, slope: Tensor, grad_out: Tensor) -> None:
@@ -258,7 +266,7 @@ class LearnedEstimator(Estimator):
             sizes=self.sizes,
             buffer=self.buffer.state_dict(),
             model=None if self.model is None else {k: v.clone() for k, v in self.model.state_dict().items()},
-            optimizer=None if self.optimizer is None else self.optimizer.state_dict(),
+            optimizer=None if self.optimizer is None else copy.deepcopy(self.optimizer.state_dict()),
             train_losses=list(self.train_losses),
         )
         return state
@@ -290,4 +298,4 @@ def random_training_grad(rows: dict[str, Tensor], mode: str, generator: torch.Ge
     return draw / draw.norm(dim=1, keepdim=True)
 
 
-__all__ = ["LearnedEstimator", "ReplayBuffer", "training_loss", "TRAINING_LOSSES", "DISTRIBUTIONS", "random_training_grad"]
+__all__ = ["LearnedEstimator", "ReplayBuffer", "training_loss", "TRAINING_LOSSES", "random_training_grad"]

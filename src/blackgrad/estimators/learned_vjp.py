@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nets import MLP, embedded
-from .base import check_option
+from .base import check_option, check_positive
 from .learned import LearnedEstimator, random_training_grad, training_loss
 
 TRAINING_GRADS = ("grad_out", "basis", "random")
@@ -21,7 +21,7 @@ class BilinearVJP(nn.Module):
     ``(m, r)`` and ``W_out`` ``(r, d)`` are learned matrices.  No bias touches
     ``g``, so ``v(α, λg) = λ v(α, g)`` and ``v(α, g₁) + v(α, g₂) = v(α, g₁ + g₂)``
     hold exactly (seed 000's symmetries), and the implied Jacobian is
-    ``W_outᵀ diag(h(α)) W_inᵀ``.
+    ``W_in diag(h(α)) W_out`` (``m × d``).
     """
 
     def __init__(
@@ -76,6 +76,7 @@ class LearnedVJP(LearnedEstimator):
         **options: Any,
     ) -> None:
         check_option("train_grad", train_grad, TRAINING_GRADS)
+        check_positive("rank", rank, integer=True)
         if "model" in options:
             raise TypeError("LearnedVJP builds its own bilinear model; pass features= to change the feature net")
         super().__init__(**options)

@@ -13,8 +13,9 @@ class LeastSquares(Estimator):
 
     Around each forward point ``α`` the estimator probes ``P`` directions
     ``dx_1..dx_P`` (rows of a random orthonormal frame, scaled so each
-    coordinate moves by about ``step``; the same frame for the whole batch so
-    that θ probes share device calls) and observes ``df_p = f(α + dx_p) − f(α)``
+    coordinate moves by about ``step``; a frame of its own for each sample, or
+    one frame for the whole batch when θ is probed, so that θ probes share
+    device calls) and observes ``df_p = f(α + dx_p) − f(α)``
     (``scheme="forward"``, reusing the forward output) or the central
     ``(f(α + dx_p) − f(α − dx_p)) / 2``.  Since ``gᵀ J dx_p ≈ gᵀ df_p``, the VJP
     ``w`` solves ``dX w = c`` with ``c_p = gᵀ df_p``:
@@ -86,13 +87,15 @@ class LeastSquares(Estimator):
         n_probes = self._n_probes(k)
         if n_probes > 0:
             h = self.step if self.step is not None else default_step(alpha.dtype, 2 if central else 1)
-            frame = self._frame(n_probes, k).to(alpha) * (h * k**0.5)  # (P, k)
+            shared = bool(query.shared[index].any())
+            frame = self._frame(n_probes, k, 1 if shared else batch).to(alpha) * (h * k**0.5)  # (B or 1, P, k)
+            frame = frame.expand(batch, -1, -1).transpose(0, 1)  # (P, B, k)
             plus = alpha.expand(n_probes, batch, -1).clone()
-            plus[:, :, index] += frame[:, None, :]
+            plus[:, :, index] += frame
             dx = plus[:, :, index] - alpha[:, index]  # the steps really taken, (P, B, k)
             if central:
                 minus = alpha.expand(n_probes, batch, -1).clone()
-                minus[:, :, index] -= frame[:, None, :]
+                minus[:, :, index] -= frame
                 dx = (dx + alpha[:, index] - minus[:, :, index]) / 2
                 rows = torch.cat([plus, minus]).reshape(2 * n_probes * batch, -1)  # one request
                 f_plus, f_minus = prober(rows).reshape(2, n_probes, batch, -1)
@@ -106,17 +109,20 @@ class LeastSquares(Estimator):
             dx_parts.append(alpha[:, index][nb] - alpha[:, index].unsqueeze(1))
             c_parts.append(torch.einsum("bkm,bm->bk", query.y[nb] - query.y.unsqueeze(1), query.grad_out))
         if not dx_parts:
-            return grad
-        grad[:, index] = self._solve(torch.cat(dx_parts, 1), torch.cat(c_parts, 1))
+            raise ValueError("LeastSquares(probes=0) needs a batch of at least 2 samples to form neighbour secants")
+        dx, c = torch.cat(dx_parts, 1), torch.cat(c_parts, 1)
+        # Weigh every secant alike: a long (non-local) neighbour secant must not dominate by |dx|².
+        length = dx.norm(dim=2, keepdim=True).clamp(min=torch.finfo(dx.dtype).tiny)
+        grad[:, index] = self._solve(dx / length, c / length.squeeze(2))
         return grad
 
-    def _frame(self, count: int, k: int) -> Tensor:
-        """``count`` rows of stacked random orthonormal ``k × k`` frames."""
+    def _frame(self, count: int, k: int, frames: int) -> Tensor:
+        """``frames`` sets of ``count`` rows of stacked random orthonormal ``k × k`` frames."""
         blocks = []
-        while sum(b.shape[0] for b in blocks) < count:
-            q, _ = torch.linalg.qr(torch.randn(k, k, generator=self.generator, dtype=torch.float64))
-            blocks.append(q.T)
-        return torch.cat(blocks)[:count]
+        while sum(b.shape[1] for b in blocks) < count:
+            q, _ = torch.linalg.qr(torch.randn(frames, k, k, generator=self.generator, dtype=torch.float64))
+            blocks.append(q.transpose(1, 2))
+        return torch.cat(blocks, 1)[:, :count]
 
     @staticmethod
     def _nearest(points: Tensor, count: int) -> Tensor:
@@ -137,7 +143,7 @@ class LeastSquares(Estimator):
         return (dx.transpose(1, 2) @ torch.linalg.solve(gram, c.unsqueeze(-1))).squeeze(-1)
 
     def probe_cost(self, d: int, m: int, batch: int) -> int:
-        return (2 if self.scheme == "central" else 1) * self._n_probes(d) * batch
+        return (2 if self.scheme == "central" else 1) * self._n_probes(d) * batch if d > 0 else 0
 
 
 def _mean_diag(gram: Tensor) -> Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import DISTRIBUTIONS, Estimator, VJPQuery, check_option, check_positive, default_step, make_generator
+from .base import DISTRIBUTIONS, Estimator, VJPQuery, check_option, check_positive, default_step, directional_slopes, make_generator
 
 
 class SPSA(Estimator):
@@ -56,15 +56,13 @@ class SPSA(Estimator):
         k, batch = self.directions, query.batch
         c = self.step if self.step is not None else default_step(alpha.dtype, 2 if self.antithetic else 1)
         delta = query.directions(k, self.generator, self.distribution)  # (k, B, d)
-        if self.antithetic:
-            probes = torch.cat([alpha + c * delta, alpha - c * delta])  # one request per backward
-            f_plus, f_minus = prober(probes.reshape(2 * k * batch, -1)).reshape(2, k, batch, -1)
-            slope = (f_plus - f_minus) / (2 * c)
-        else:
-            f_plus = prober((alpha + c * delta).reshape(k * batch, -1)).reshape(k, batch, -1)
-            slope = (f_plus - query.y) / c
+        rows = alpha.expand(k, batch, -1).reshape(k * batch, -1)
+        y = None if self.antithetic else query.y.repeat(k, 1)
+        slope = directional_slopes(prober, rows, delta.reshape(k * batch, -1), c, y).reshape(k, batch, -1)
         along = torch.einsum("bm,kbm->kb", query.grad_out, slope)  # gᵀ J δ_i
         return torch.einsum("kb,kbd->bd", along, delta) / k
 
     def probe_cost(self, d: int, m: int, batch: int) -> int:
+        if d == 0:
+            return 0
         return (2 if self.antithetic else 1) * self.directions * batch

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import DISTRIBUTIONS, Estimator, VJPQuery, check_option, check_positive, default_step, make_generator
+from .base import DISTRIBUTIONS, Estimator, VJPQuery, check_option, check_positive, default_step, directional_slopes, make_generator
 from .learned import LearnedEstimator
 
 
@@ -77,21 +77,26 @@ class Unbiased(Estimator):
             return estimate
         h = self.step if self.step is not None else default_step(alpha.dtype, 2 if self.antithetic else 1)
         delta = query.directions(k, self.generator, self.distribution)  # (k, B, d)
-        if self.antithetic:
-            f_plus, f_minus = prober(torch.cat([alpha + h * delta, alpha - h * delta]).reshape(2 * k * batch, -1)).reshape(2, k, batch, -1)
-            slope = (f_plus - f_minus) / (2 * h)
-        else:
-            slope = (prober((alpha + h * delta).reshape(k * batch, -1)).reshape(k, batch, -1) - query.y) / h
+        rows = alpha.repeat(k, 1)
+        y = None if self.antithetic else query.y.repeat(k, 1)
+        slope = directional_slopes(prober, rows, delta.reshape(k * batch, -1), h, y).reshape(k, batch, -1)
         active = query.active.to(estimate.dtype)
         residual = torch.einsum("bm,kbm->kb", query.grad_out, slope) - torch.einsum("bd,kbd->kb", estimate * active, delta)
         corrected = estimate * active + torch.einsum("kb,kbd->bd", residual, delta) / k
         if learned:
-            self.inner.learn(
-                alpha.repeat(k, 1), delta.reshape(k * batch, -1), slope.reshape(k * batch, -1), query.grad_out.repeat(k, 1)
-            )
+            self.inner.learn(rows, delta.reshape(k * batch, -1), slope.reshape(k * batch, -1), query.grad_out.repeat(k, 1))
         return corrected
 
+    def fit(self, *args, **kwargs):
+        """Pre-fit the inner estimator (e.g. a :class:`~blackgrad.estimators.DigitalTwin`)."""
+        fit = getattr(self.inner, "fit", None)
+        if fit is None:
+            raise TypeError(f"{type(self.inner).__name__} cannot be pre-trained; DigitalTwin can")
+        return fit(*args, **kwargs)
+
     def probe_cost(self, d: int, m: int, batch: int) -> int:
+        if d == 0:
+            return 0
         own = (2 if self.antithetic else 1) * self.directions * batch
         inner = 0 if isinstance(self.inner, LearnedEstimator) else self.inner.probe_cost(d, m, batch)
         return own + inner
