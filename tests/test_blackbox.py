@@ -218,3 +218,43 @@ def test_state_dict_carries_estimator_state_and_ledger():
     box(x1).sum().backward()
     clone(x2).sum().backward()
     assert torch.equal(x1.grad, x2.grad)  # same generator state -> same probes
+
+
+def test_numpy_device_editing_its_input_cannot_corrupt_the_model():
+    def device(x):
+        x -= 1.0  # an in-place edit of what the device was given
+        return (x**2).sum(1, keepdims=True)
+
+    box = bg.BlackBox(device, FiniteDifference(), numpy=True)
+    x = torch.full((2, 1), 3.0, dtype=torch.float64, requires_grad=True)
+    y = box(x)
+    y.sum().backward()
+    assert torch.equal(x.detach(), torch.full((2, 1), 3.0, dtype=torch.float64))
+    assert torch.allclose(y, torch.full((2, 1), 4.0, dtype=torch.float64))
+    assert torch.allclose(x.grad, torch.full((2, 1), 4.0, dtype=torch.float64), atol=1e-6)
+
+
+def test_integer_inputs_are_rejected():
+    box = bg.BlackBox(lambda x, th: x * th, FiniteDifference(), params=torch.tensor([0.7]), name="gain")
+    with pytest.raises(TypeError, match="'gain' takes a floating-point batch, got torch.int64"):
+        box(torch.ones(3, 1, dtype=torch.long))
+
+
+def test_empty_batch_after_the_first_call():
+    box = bg.BlackBox(linear, SPSA(directions=2))
+    box(torch.randn(2, 4, dtype=torch.float64))
+    x = torch.zeros(0, 4, dtype=torch.float64, requires_grad=True)
+    y = box(x)
+    assert y.shape == (0, 3)
+    y.sum().backward()
+    assert x.grad.shape == (0, 4)
+
+
+def test_a_step_too_small_for_the_dtype_raises_instead_of_a_zero_gradient():
+    box = bg.BlackBox(torch.sin, SPSA(directions=2, step=1e-12))
+    x = torch.randn(3, 2, requires_grad=True)  # float32: 1e-12 vanishes next to |x| ~ 1
+    with pytest.raises(ValueError, match="a probe step of 1e-12 vanishes in torch.float32"):
+        box(x).sum().backward()
+    box = bg.BlackBox(torch.sin, FiniteDifference(step=1e-12))
+    with pytest.raises(FloatingPointError, match="returned NaN or Inf gradients for black box 'sin'"):
+        box(x).sum().backward()

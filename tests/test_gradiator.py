@@ -106,3 +106,10 @@ def test_no_grad_forward_works_and_errors_only_when_needed():
     q(torch.randn(5)).sum()
     with pytest.raises(NoGradientError, match="'quantize'"):
         (q(x) * other).sum().backward()
+
+
+def test_none_for_a_needed_gradient_is_an_error():
+    bad = gradiator(lambda a, b: a * b, lambda a, b, g: (g * b, None), name="mul")
+    a, b = torch.randn(3, requires_grad=True), torch.randn(3, requires_grad=True)
+    with pytest.raises(GradientShapeError, match="'mul' returned None for input 1, whose gradient is needed"):
+        bad(a, b).sum().backward()

@@ -52,9 +52,12 @@ def gradiator(fun: Callable[..., Any], grad_fun: Callable[..., Any], name: str |
     keyword ``needs_input_grad`` it receives a tuple of bools saying which
     gradients are wanted; whatever it returns for the others is discarded.
 
-    Errors: a ``grad_fun`` that returns the wrong number of gradients or a
-    gradient of the wrong shape raises :class:`~blackgrad.errors.GradientShapeError`
-    naming the function and the input.
+    Errors: a ``grad_fun`` that returns the wrong number of gradients, a
+    gradient of the wrong shape, or None for a gradient that is needed raises
+    :class:`~blackgrad.errors.GradientShapeError` naming the function and the input.
+
+    It composes with ``torch.func.grad``, ``vjp`` and ``jacrev``; not with
+    ``torch.func.vmap``, since ``grad_fun`` is arbitrary Python.
 
     Example::
 
@@ -106,9 +109,14 @@ def gradiator(fun: Callable[..., Any], grad_fun: Callable[..., Any], name: str |
                 )
             result = []
             for i, (grad, wanted) in enumerate(zip(grads, needs)):
-                if not wanted or grad is None:
+                if not wanted:
                     result.append(None)
                     continue
+                if grad is None:
+                    raise GradientShapeError(
+                        f"grad_fun {grad_label!r} of {label!r} returned None for input {i}, "
+                        "whose gradient is needed"
+                    )
                 grad = _as_output(grad, inputs[i], grad_label)
                 if grad.shape != inputs[i].shape:
                     raise GradientShapeError(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import torch
@@ -102,9 +101,10 @@ class BlackBox(nn.Module):
                 f"estimator must be a blackgrad.estimators.Estimator instance such as FiniteDifference() "
                 f"or SPSA(directions=4), got {estimator!r}"
             )
-        # Not a submodule: a learned estimator's own parameters must not be
-        # trained by the user's optimiser on the task loss.
-        object.__setattr__(self, "estimator", estimator)
+        # A plain attribute, never a submodule: a learned estimator's own parameters
+        # must not be trained by the user's optimiser on the task loss (nor moved by
+        # ``.to()``: a learned model lives on the device of the data it first sees).
+        self.estimator = estimator
         if params is not None:
             if not isinstance(params, Tensor):
                 raise TypeError(f"params must be a tensor, got {type(params).__name__}")
@@ -157,6 +157,8 @@ class BlackBox(nn.Module):
             raise TypeError(f"BlackBox {self.name!r} takes a tensor batch, got {type(x).__name__}")
         if x.dim() == 0:
             raise InputShapeError(f"BlackBox {self.name!r} takes a batch (B, *in_shape); got a scalar")
+        if not (x.is_floating_point() or x.is_complex()):
+            raise TypeError(f"BlackBox {self.name!r} takes a floating-point batch, got {x.dtype}")
         if self.prober is None:
             self._in_shape = tuple(x.shape[1:])
             self._make_prober(self._in_shape)
@@ -166,7 +168,7 @@ class BlackBox(nn.Module):
                 f"got {tuple(x.shape)}"
             )
         batch = x.shape[0]
-        flat = x.reshape(batch, -1)
+        flat = x.reshape(batch, self.prober.n_x)
         theta = self.params
         if theta is not None and theta.dtype != flat.dtype:
             theta = theta.to(flat.dtype)
@@ -193,7 +195,7 @@ class BlackBox(nn.Module):
         if self.prober is None:
             self._in_shape = tuple(x.shape[1:])
             self._make_prober(self._in_shape)
-        flat = x.detach().reshape(x.shape[0], -1)
+        flat = x.detach().reshape(x.shape[0], self.prober.n_x)
         theta = None if self.params is None else self.params.detach().to(flat.dtype)
         return fit(self.prober, self._alpha(flat, theta), epochs=epochs, progress=progress)
 
@@ -235,6 +237,8 @@ class BlackBox(nn.Module):
         self, x: Tensor, theta: Tensor | None, y: Tensor, grad_y: Tensor, need_x: bool, need_theta: bool
     ) -> tuple[Tensor | None, Tensor | None]:
         n, p = x.shape[1], 0 if theta is None else theta.numel()
+        if x.shape[0] == 0:  # an empty batch: nothing to estimate, nothing to spend
+            return (torch.zeros_like(x) if need_x else None), (torch.zeros_like(theta) if need_theta else None)
         active = torch.tensor([need_x] * n + [need_theta] * p, device=x.device)
         shared = torch.tensor([False] * n + [True] * p, device=x.device)
         query = VJPQuery(alpha=self._alpha(x, theta), y=y, grad_out=grad_y, active=active, shared=shared)
@@ -244,6 +248,10 @@ class BlackBox(nn.Module):
             raise RuntimeError(
                 f"estimator {self.estimator!r} returned a gradient of shape {shape}; "
                 f"expected {tuple(query.alpha.shape)} (batch, {n} inputs + {p} params)"
+            )
+        if not bool(torch.isfinite(grad[:, active]).all()):
+            raise FloatingPointError(
+                f"estimator {self.estimator!r} returned NaN or Inf gradients for black box {self.name!r}"
             )
         grad_x = grad[:, :n].to(x.dtype) if need_x else None
         grad_theta = grad[:, n:].sum(0) if need_theta else None

@@ -158,13 +158,6 @@ class Prober:
         self.ledger = Ledger()
 
     # ------------------------------------------------------------------ public
-    @property
-    def m(self) -> int:
-        """Flat output size (known after the first evaluation)."""
-        if self.out_shape is None:
-            raise RuntimeError(f"the output shape of {self.name!r} is not known before its first evaluation")
-        return math.prod(self.out_shape)
-
     def forward(self, x: Tensor, theta: Tensor | None, differentiable: bool = False) -> Tensor:
         """Evaluate a forward batch ``x`` of shape ``(B, n)``; counted as ``forward``."""
         return self._evaluate_groups([(x, theta)], kind="forward", differentiable=differentiable)[0]
@@ -202,6 +195,10 @@ class Prober:
     # ---------------------------------------------------------------- internal
     def _evaluate_groups(self, groups: list[tuple[Tensor, Tensor | None]], kind: str, differentiable: bool) -> list[Tensor]:
         requested = sum(x.shape[0] for x, _ in groups)
+        if requested == 0:
+            if self.out_shape is None:
+                raise ValueError(f"black box {self.name!r} was given an empty batch before its output shape was known")
+            return [x.new_zeros((0, math.prod(self.out_shape))) for x, _ in groups]
         self._check_budget(requested, kind)
         outputs = []
         for x, theta in groups:
@@ -216,12 +213,13 @@ class Prober:
                 f"evaluation budget of {self.budget} samples for {self.name!r} is spent: "
                 f"{self.ledger.total} used (forward={self.ledger.forward}, probe={self.ledger.probe}, "
                 f"failed={self.ledger.failed}) and this {kind} needs {requested} more; "
-                "no evaluation was made. Raise the budget or reset the ledger to continue."
+                "nothing of this request was evaluated. Raise the budget or reset the ledger to continue."
             )
 
     def _call(self, x: Tensor, theta: Tensor | None, kind: str, differentiable: bool) -> Tensor:
         """One device call with retries; returns ``(N, m)`` in x's dtype and device."""
         n = x.shape[0]
+        args = self._device_arguments(x, theta)  # outside the retries: a conversion error is not a device failure
         attempts = 1 + self.retry.retries
         delay = self.retry.delay
         for attempt in range(1, attempts + 1):
@@ -231,7 +229,7 @@ class Prober:
                     time.sleep(delay)
                     delay *= 2
             try:
-                raw = self._invoke(x, theta)
+                raw = self._invoke(args)
             except self.retry.exceptions as err:
                 self.ledger.failed += n
                 if attempt == attempts:
@@ -263,11 +261,15 @@ class Prober:
             return y
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _invoke(self, x: Tensor, theta: Tensor | None) -> Any:
+    def _device_arguments(self, x: Tensor, theta: Tensor | None) -> tuple[Any, ...]:
         batch = x.reshape((x.shape[0],) + self.in_shape)
         args: tuple[Any, ...] = (batch,) if self.n_params == 0 else (batch, theta)
         if self.numpy:
-            args = tuple(a.detach().cpu().numpy() for a in args)
+            # copies: a device that edits its input in place must not touch the model's tensors
+            args = tuple(np.array(a.detach().cpu().numpy(), copy=True) for a in args)
+        return args
+
+    def _invoke(self, args: tuple[Any, ...]) -> Any:
         self.ledger.device_calls += 1
         start = time.perf_counter()
         try:

@@ -122,6 +122,8 @@ class LearnedEstimator(Estimator):
     """
 
     _repr_fields = ("probes", "scheme", "loss", "updates")
+    #: how many of the latest training losses ``train_losses`` keeps
+    LOSS_HISTORY = 10_000
 
     def __init__(
         self,
@@ -259,6 +261,7 @@ class LearnedEstimator(Estimator):
                 loss.backward()
                 self.optimizer.step()
                 self.train_losses.append(float(loss.detach()))
+        del self.train_losses[: -self.LOSS_HISTORY]
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
