@@ -65,11 +65,15 @@ def run_experiment(
     name: str = typer.Argument(..., help="experiment name, or 'all'"),
     quick: bool = typer.Option(False, help="small, fast variant"),
     out: Optional[Path] = typer.Option(None, help="output folder (default runs/experiments)"),
+    threads: int = typer.Option(1, help="torch threads (small models: one thread is fastest, and robust to a busy core)"),
 ) -> None:
     """Run one of the seed experiments (or all of them) and rebuild the index report."""
+    import torch
+
     from .experiments import EXPERIMENTS, available, load
     from .experiments.report import write_index
 
+    torch.set_num_threads(threads)
     root = out if out is not None else Path("runs") / "experiments"
     names = available() if name == "all" else [name]
     for experiment in names:
