@@ -205,7 +205,12 @@ class BlackBox(nn.Module):
 
     # ---------------------------------------------------- checkpoint support
     def get_extra_state(self) -> dict[str, Any]:
-        """Estimator state, shapes and ledger travel with ``model.state_dict()``."""
+        """Estimator state, shapes and ledger travel with ``model.state_dict()``.
+
+        The device's own state is not part of it: a physical device has none
+        to save, and a simulated one (its noise generator, say) is the
+        caller's to re-create.
+        """
         return {
             "estimator": self.estimator.state_dict(),
             "in_shape": self._in_shape,
