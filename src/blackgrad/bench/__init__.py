@@ -6,6 +6,7 @@ split, seeds and simulated device, in one run; see :func:`run_benchmark`.
 
 from __future__ import annotations
 
+import json
 import platform
 from pathlib import Path
 from typing import Any, Sequence
@@ -54,6 +55,7 @@ def run_benchmark(
         if not chosen:
             raise ValueError(f"none of the methods asked for runs on task {task.name!r}; its methods: {', '.join(allowed)}")
         plan += [(task, method, seed) for method in chosen for seed in seeds]
+    Path(out).mkdir(parents=True, exist_ok=True)
     records = []
     data_cache: dict[str, Any] = {}
     previous_threads = torch.get_num_threads()
@@ -68,6 +70,9 @@ def run_benchmark(
             data = data_cache[task.name]
             epochs = task.quick_epochs if quick else task.epochs
             records.append(run_one(task, method, seed, data, epochs))
+            # one line per finished run: an interrupted benchmark keeps what it measured
+            with open(Path(out) / "records.jsonl", "a") as log:
+                log.write(json.dumps(records[-1]) + "\n")
     finally:
         torch.set_num_threads(previous_threads)
     header = (
