@@ -75,18 +75,20 @@ def figures(records: list[dict[str, Any]], out: Path) -> list[str]:
     names = []
     for task in dict.fromkeys(r["task"] for r in records):
         runs = [r for r in records if r["task"] == task]
-        fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-        for method in dict.fromkeys(r["method"] for r in runs):
+        fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
+        colours = plt.get_cmap("tab20").colors  # 16 methods: the default cycle of 10 would repeat
+        for index, method in enumerate(dict.fromkeys(r["method"] for r in runs)):
+            colour = colours[index % len(colours)]
             mine = [r for r in runs if r["method"] == method]
             first = mine[0]
             evaluations = [e for e, _ in first["curve"]]
             # mean over seeds, epoch by epoch (all seeds share the schedule)
             length = min(len(r["curve"]) for r in mine)
             mean_accuracy = [statistics.fmean(r["curve"][i][1] for r in mine) for i in range(length)]
-            left.plot(evaluations[:length], mean_accuracy, marker="o", markersize=3, label=METHODS[method].label)
+            left.plot(evaluations[:length], mean_accuracy, marker="o", markersize=3, color=colour, label=METHODS[method].label)
             if first["cosine_curve"]:
                 steps = [s for s, _ in first["cosine_curve"]]
-                right.plot(steps, [c for _, c in first["cosine_curve"]], label=METHODS[method].label, lw=1)
+                right.plot(steps, [c for _, c in first["cosine_curve"]], color=colour, lw=1)
         left.set_xscale("log")
         left.set_xlabel("device evaluations per training sample (cumulative)")
         left.set_ylabel("test accuracy")
@@ -94,10 +96,10 @@ def figures(records: list[dict[str, Any]], out: Path) -> list[str]:
         right.set_xlabel("training step")
         right.set_ylabel("cosine(estimated VJP, exact VJP)")
         right.set_title(f"{task}: gradient fidelity (seed {runs[0]['seed']})")
-        left.legend(fontsize=7)
+        fig.legend(*left.get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
         fig.tight_layout()
         name = f"{task}.png"
-        fig.savefig(out / name, dpi=100)
+        fig.savefig(out / name, dpi=100, bbox_inches="tight")
         plt.close(fig)
         names.append(name)
     return names
