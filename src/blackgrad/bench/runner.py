@@ -119,7 +119,8 @@ def _train_cma(task: Task, model: HybridNet, data: Data, epochs: int, seed: int,
 
     Budget: as many device evaluations as 10 per training sample per epoch
     (the cost of SPSA with ~5 antithetic directions); each candidate is scored
-    by cross-entropy on one shared minibatch of 256 per generation.
+    by cross-entropy on one minibatch shared by the generation, of at most
+    256 samples and small enough for at least 50 generations.
     """
     import cma
 
