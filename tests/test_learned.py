@@ -249,3 +249,34 @@ def test_fourier_features_and_embedding_option():
     assert isinstance(twin.model[0], FourierFeatures)
     with pytest.raises(TypeError, match="out_features"):
         LearnedVJP(embedding=torch.nn.Identity())
+
+
+@pytest.mark.parametrize("scheme", ["forward", "central"])
+def test_twin_slope_by_difference_matches_the_probe_it_is_fitted_to(scheme):
+    # The twin's slope must be the same difference quotient the device is probed with,
+    # so that a twin equal to the device fits the measured slopes exactly.
+    step = 0.3  # large, so that the finite-step bias is far from negligible
+    twin = DigitalTwin(model=_Module(smooth), step=step, scheme=scheme, probes=1.0, slope_weight=1.0)
+    alpha, direction = torch.randn(5, N), torch.randn(5, N)
+    start = alpha - step * direction if scheme == "central" else alpha
+    measured = (smooth(alpha + step * direction) - smooth(start)) / ((2 if scheme == "central" else 1) * step)
+    assert torch.allclose(twin.twin_slope(alpha, direction), measured, atol=1e-6)
+    # the derivative itself differs from it at this step; slope_fit="jvp" gives the derivative
+    twin.slope_fit = "jvp"
+    derivative = torch.func.jvp(smooth, (alpha,), (direction,))[1]
+    assert torch.allclose(twin.twin_slope(alpha, direction), derivative, atol=1e-6)
+    assert not torch.allclose(derivative, measured, atol=1e-3)
+
+
+class _Module(torch.nn.Module):
+    def __init__(self, fun):
+        super().__init__()
+        self.fun = fun
+
+    def forward(self, x):
+        return self.fun(x)
+
+
+def test_slope_fit_is_checked():
+    with pytest.raises(ValueError, match="unknown slope_fit 'secant'"):
+        DigitalTwin(slope_weight=1.0, slope_fit="secant")

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nets import MLP, embedded
+from .base import check_option, default_step
 from .learned import LearnedEstimator, ReplayBuffer, training_loss
 
 
@@ -24,8 +25,17 @@ class DigitalTwin(LearnedEstimator):
       which costs no extra device evaluation;
     * optionally from probes (``probes > 0`` or an
       :class:`~blackgrad.estimators.Unbiased` wrapper's): with
-      ``slope_weight > 0`` the twin's own directional derivative along each
-      probe (a forward-mode JVP) is fitted to the measured slope;
+      ``slope_weight > 0`` the twin's own slope along each probe is fitted to
+      the measured one.  ``slope_fit="difference"`` (default) takes the twin's
+      slope as the same difference quotient the device was measured with
+      (step ``step``, scheme ``scheme``), so the bias of a finite step is the
+      same on both sides and cancels; it costs the twin two forward rows per
+      probe row.  (When an :class:`~blackgrad.estimators.Unbiased` wrapper
+      supplies the probes, give the twin the wrapper's step, and
+      ``scheme="central"`` if the wrapper is antithetic.)
+      ``slope_fit="jvp"`` takes the twin's exact directional derivative (a
+      forward-mode JVP), slower to train and, in our benchmark, less accurate
+      (``benchmarks/twin_slope_fit.py``);
     * before training, with :meth:`fit` on a stated number of evaluations
       (the published anchor's pre-trained twin).  ``online=False`` then
       freezes it, as the published code does.
@@ -39,6 +49,7 @@ class DigitalTwin(LearnedEstimator):
         hidden: hidden sizes of the default MLP.
         online: keep fitting the twin to forward data during training.
         slope_weight: weight of the slope-matching term on probe rows.
+        slope_fit: ``"difference"`` or ``"jvp"``: how the twin's own slope is taken.
         (others: see :class:`~blackgrad.estimators.learned.LearnedEstimator`)
     """
 
@@ -51,6 +62,7 @@ class DigitalTwin(LearnedEstimator):
         online: bool = True,
         probes: float = 0.0,
         slope_weight: float = 0.0,
+        slope_fit: str = "difference",
         buffer: int = 8192,
         **options: Any,
     ) -> None:
@@ -60,6 +72,8 @@ class DigitalTwin(LearnedEstimator):
         self.hidden = tuple(hidden)
         self.online = bool(online)
         self.slope_weight = float(slope_weight)
+        check_option("slope_fit", slope_fit, ("difference", "jvp"))
+        self.slope_fit = slope_fit
         self.values = ReplayBuffer(buffer)  # (α, y) pairs
 
     def default_model(self, d: int, m: int) -> nn.Module:
@@ -110,11 +124,21 @@ class DigitalTwin(LearnedEstimator):
             values = self.values.sample(self.batch_size, self.generator)
             terms.append(training_loss(self.model(values["alpha"]), values["y"], "mse"))
         if rows and self.slope_weight > 0:
-            _, twin_slope = torch.func.jvp(self.model, (rows["alpha"],), (rows["direction"],))
+            twin_slope = self.twin_slope(rows["alpha"], rows["direction"])
             terms.append(self.slope_weight * training_loss(twin_slope, rows["slope"], self.loss))
         if not terms:
             raise RuntimeError("DigitalTwin has nothing to fit: no forward values yet and no slope rows (slope_weight=0)")
         return sum(terms)
+
+    def twin_slope(self, alpha: Tensor, direction: Tensor) -> Tensor:
+        """The twin's slope along ``direction`` at ``alpha``, taken as ``slope_fit`` says."""
+        if self.slope_fit == "jvp":
+            return torch.func.jvp(self.model, (alpha,), (direction,))[1]
+        central = self.scheme == "central"
+        h = self.step if self.step is not None else default_step(alpha.dtype, 2 if central else 1)
+        start = alpha - h * direction if central else alpha
+        ends = self.model(torch.cat([start, alpha + h * direction])).reshape(2, alpha.shape[0], -1)
+        return (ends[1] - ends[0]) / ((2 if central else 1) * h)
 
     def has_training_data(self) -> bool:
         return len(self.values) > 0 or (len(self.buffer) > 0 and self.slope_weight > 0)
