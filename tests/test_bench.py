@@ -1,6 +1,7 @@
 """Smoke tests of `blackgrad bench --quick`, the demo and the CLI's errors."""
 
 import json
+from dataclasses import replace
 
 from typer.testing import CliRunner
 
@@ -42,3 +43,42 @@ def test_unknown_names_are_rejected_with_the_known_ones():
     assert result.exit_code == 2 and "unknown method 'magic'; known methods: exact," in result.output
     result = runner.invoke(app, ["run", "nope", "--quick"])
     assert result.exit_code == 2 and "unknown experiment 'nope'" in result.output
+
+
+def test_parallel_runs_give_the_records_of_serial_ones(tmp_path):
+    from blackgrad.bench import run_benchmark
+
+    def records(jobs):
+        summary = run_benchmark(
+            tmp_path / f"jobs{jobs}", quick=True, task_names=["moons-shg"], method_names=["exact", "spsa-8"], seeds=(0,), progress=False, jobs=jobs
+        )
+        return {(r["method"], r["seed"]): (r["accuracy"], r["evaluations"], r["curve"]) for r in summary["records"]}
+
+    assert records(1) == records(2)
+
+
+def test_bad_jobs_are_rejected():
+    result = runner.invoke(app, ["bench", "--quick", "--jobs", "0"])
+    assert result.exit_code == 2 and "jobs must be a positive int" in result.output
+
+
+def test_normalized_stack_keeps_the_third_layer_input_sample_dependent():
+    import torch
+
+    from blackgrad.bench.methods import METHODS
+    from blackgrad.bench.runner import build
+    from blackgrad.bench.tasks import tasks
+
+    task = tasks()["digits-deep-shg"]
+    data = task.data(True)
+    spread = {}
+    for normalize in (False, True):
+        model = build(replace(task, normalize=normalize), METHODS["exact"], data, seed=0)
+        with torch.no_grad():
+            model(data.x_train, record=False)
+            h = data.x_train
+            for encoder, box in zip(model.encoders, model.boxes):
+                u = torch.tanh(encoder(h))
+                h = box(u)
+        spread[normalize] = u.std(0).mean().item()  # the third device's input, across samples
+    assert spread[True] > 4 * spread[False]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -40,6 +41,7 @@ def bench(
     tasks: Optional[str] = typer.Option(None, help="comma-separated task names (default: all)"),
     methods: Optional[str] = typer.Option(None, help="comma-separated method names (default: each task's list)"),
     seeds: Optional[int] = typer.Option(None, help="number of seeds 0, 1, ... (default 3; 1 with --quick)"),
+    jobs: Optional[int] = typer.Option(None, help="runs trained at once, one process and one torch thread each (default: one per core)"),
 ) -> None:
     """Compare gradient estimators side by side on simulated physical devices."""
     from .bench import run_benchmark
@@ -48,11 +50,14 @@ def bench(
     if seeds < 1:
         typer.echo("--seeds must be at least 1", err=True)
         raise typer.Exit(2)
+    jobs = jobs if jobs is not None else len(os.sched_getaffinity(0))
     task_names = tasks.split(",") if tasks else None
     method_names = methods.split(",") if methods else None
     folder = _run_folder("bench", out)
     try:
-        summary = run_benchmark(folder, quick=quick, task_names=task_names, method_names=method_names, seeds=tuple(range(seeds)))
+        summary = run_benchmark(
+            folder, quick=quick, task_names=task_names, method_names=method_names, seeds=tuple(range(seeds)), jobs=jobs
+        )
     except ValueError as err:
         typer.echo(str(err), err=True)
         raise typer.Exit(2)

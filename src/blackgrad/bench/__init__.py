@@ -6,10 +6,13 @@ split, seeds and simulated device, in one run; see :func:`run_benchmark`.
 
 from __future__ import annotations
 
+import functools
 import json
+import multiprocessing
 import platform
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -30,14 +33,17 @@ def run_benchmark(
     seeds: Sequence[int] = (0, 1, 2),
     progress: bool = True,
     threads: int | None = 1,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """Run every (task, method, seed), write tables and figures into ``out``; return the summary.
 
     ``quick``: small data and few epochs, and — unless tasks are named — the
     main task alone: a smoke run well under a minute.
-    ``threads``: torch threads during the run (default 1: the batches are
-    small, so threading overhead outweighs the gain, and one busy core does
-    not stall the run; None leaves torch's setting).
+    ``threads``: torch threads per run (default 1: the batches are small, so
+    threading overhead outweighs the gain, and one busy core does not stall
+    the run; None leaves torch's setting).
+    ``jobs``: runs trained at once, each in its own process (every run seeds
+    itself, so the records do not depend on ``jobs``).
     """
     table = tasks()
     default_tasks = ["digits-shg"] if quick else list(table)
@@ -47,6 +53,8 @@ def run_benchmark(
     for name in method_names or []:
         if name not in METHODS:
             raise ValueError(f"unknown method {name!r}; known methods: {', '.join(METHODS)}")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a positive int, got {jobs!r}")
     selected = [table[name] for name in (task_names or default_tasks)]
     plan = []
     for task in selected:
@@ -54,29 +62,59 @@ def run_benchmark(
         chosen = [m for m in (method_names or allowed) if m in allowed]
         if not chosen:
             raise ValueError(f"none of the methods asked for runs on task {task.name!r}; its methods: {', '.join(allowed)}")
-        plan += [(task, method, seed) for method in chosen for seed in seeds]
+        plan += [(task.name, method, seed) for method in chosen for seed in seeds]
     Path(out).mkdir(parents=True, exist_ok=True)
     records = []
-    data_cache: dict[str, Any] = {}
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        bar = tqdm(plan, disable=not progress, desc="benchmark")
-        for task, method, seed in bar:
-            bar.set_postfix_str(f"{task.name} {method} seed {seed}")
-            if task.name not in data_cache:
-                data_cache[task.name] = task.data(quick)
-            data = data_cache[task.name]
-            epochs = task.quick_epochs if quick else task.epochs
-            records.append(run_one(task, method, seed, data, epochs))
-            # one line per finished run: an interrupted benchmark keeps what it measured
-            with open(Path(out) / "records.jsonl", "a") as log:
-                log.write(json.dumps(records[-1]) + "\n")
-    finally:
-        torch.set_num_threads(previous_threads)
+    bar = tqdm(total=len(plan), disable=not progress, desc="benchmark")
+    # one line per finished run: an interrupted benchmark keeps what it measured
+    with open(Path(out) / "records.jsonl", "a") as log:
+        for record in _execute(plan, quick, threads, jobs):
+            records.append(record)
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            bar.set_postfix_str(f"{record['task']} {record['method']} seed {record['seed']}")
+            bar.update()
+    bar.close()
+    order = {run: index for index, run in enumerate(plan)}
+    records.sort(key=lambda r: order[(r["task"], r["method"], r["seed"])])
     header = (
         f"Benchmark ({'quick' if quick else 'full'}): seeds {list(seeds)}, "
-        f"torch {torch.__version__}, {platform.machine()}, {threads or previous_threads} torch thread(s)."
+        f"torch {torch.__version__}, {platform.machine()}, {threads or torch.get_num_threads()} torch thread(s) per run, "
+        f"{jobs} run(s) at once."
     )
     return report.write(records, Path(out), {t.name: t.title for t in selected}, header)
+
+
+def _execute(plan: list[tuple[str, str, int]], quick: bool, threads: int | None, jobs: int) -> Iterator[dict[str, Any]]:
+    """Yield the record of each planned run as it finishes: in this process, or in ``jobs`` workers."""
+    if jobs == 1 or len(plan) == 1:
+        previous = torch.get_num_threads()
+        try:
+            for run in plan:
+                yield _run_planned(*run, quick, threads)
+        finally:
+            torch.set_num_threads(previous)
+        return
+    # spawn, not fork: a forked child of a process that has used torch's thread pools can hang
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(jobs, len(plan)), mp_context=context) as pool:
+        futures = [pool.submit(_run_planned, *run, quick, threads) for run in plan]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+@functools.lru_cache(maxsize=None)
+def _data(task_name: str, quick: bool):
+    return tasks()[task_name].data(quick)
+
+
+def _run_planned(task_name: str, method: str, seed: int, quick: bool, threads: int | None) -> dict[str, Any]:
+    """Train one planned run (by names, so that it can be sent to a worker process)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    task = tasks()[task_name]
+    return run_one(task, method, seed, _data(task_name, quick), task.quick_epochs if quick else task.epochs)

@@ -113,4 +113,4 @@ def write(records: list[dict[str, Any]], out: Path, titles: dict[str, str], head
     names = figures(records, out)
     (out / "results.json").write_text(json.dumps({"tables": tables, "records": records}, indent=1))
     (out / "results.md").write_text(header + "\n\n" + table_text + "\n" + "\n".join(f"![{n}]({n})" for n in names) + "\n")
-    return {"tables": tables, "markdown": table_text, "figures": names}
+    return {"tables": tables, "records": records, "markdown": table_text, "figures": names}
