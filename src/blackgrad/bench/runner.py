@@ -50,7 +50,7 @@ def build(task: Task, method: Method, data: Data, seed: int) -> HybridNet:
         # readout-only and CMA-ES never backpropagate through a box; any estimator will do
         make = method.make if method.make is not None else METHODS["exact"].make
         estimators.append(make(device, task, seed * 100 + layer))
-    return HybridNet(data.n_features, data.n_classes, devices, estimators)
+    return HybridNet(data.n_features, data.n_classes, devices, estimators, normalize=task.normalize)
 
 
 def _pretrain(model: HybridNet, samples: int, epochs: int, seed: int) -> None:
@@ -120,7 +120,11 @@ def _train_cma(task: Task, model: HybridNet, data: Data, epochs: int, seed: int,
     Budget: as many device evaluations as 10 per training sample per epoch
     (the cost of SPSA with ~5 antithetic directions); each candidate is scored
     by cross-entropy on one minibatch shared by the generation, of at most
-    256 samples and small enough for at least 50 generations.
+    256 samples and small enough for at least 50 generations.  Candidates are
+    scored in training mode, so batch norm (the deep task) uses each
+    candidate's own minibatch statistics; before each test the running
+    statistics are re-estimated for the current mean on one more minibatch
+    (device evaluations counted like any other).
     """
     import cma
 
@@ -134,7 +138,6 @@ def _train_cma(task: Task, model: HybridNet, data: Data, epochs: int, seed: int,
     # at least 50 generations within the budget, minibatches of at most 256
     batch = max(8, min(256, n_train, budget // (50 * strategy.popsize)))
     generator = torch.Generator().manual_seed(seed)
-    model.eval()
     per_epoch = budget // epochs
     next_mark = per_epoch
     while model.evaluations() + strategy.popsize * batch <= budget:
@@ -148,8 +151,24 @@ def _train_cma(task: Task, model: HybridNet, data: Data, epochs: int, seed: int,
         strategy.tell(candidates, scores)
         if model.evaluations() >= next_mark:
             nn.utils.vector_to_parameters(torch.as_tensor(strategy.result.xfavorite, dtype=vector.dtype), params)
+            _calibrate_batch_norm(model, data.x_train[index])
             curve.append((model.evaluations() / n_train, accuracy(model, data.x_test, data.y_test)))
             next_mark += per_epoch
     nn.utils.vector_to_parameters(torch.as_tensor(strategy.result.xfavorite, dtype=vector.dtype), params)
+    _calibrate_batch_norm(model, data.x_train[index])
     curve.append((model.evaluations() / n_train, accuracy(model, data.x_test, data.y_test)))
-    model.train()
+
+
+def _calibrate_batch_norm(model: nn.Module, x: Tensor) -> None:
+    """Set every batch norm's running statistics to those of one forward pass on ``x``."""
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d)]
+    if not norms:
+        return
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average: after one pass, exactly that pass's statistics
+    with torch.no_grad():
+        model(x)
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
