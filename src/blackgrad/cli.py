@@ -20,6 +20,13 @@ def _run_folder(kind: str, out: Optional[Path]) -> Path:
     return out
 
 
+def _cores() -> int:
+    """The cores this process may run on (all of them where the OS cannot say)."""
+    if hasattr(os, "sched_getaffinity"):  # Linux
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 @app.command()
 def demo(
     out: Optional[Path] = typer.Option(None, help="run folder (default runs/demo-<time>)"),
@@ -50,7 +57,7 @@ def bench(
     if seeds < 1:
         typer.echo("--seeds must be at least 1", err=True)
         raise typer.Exit(2)
-    jobs = jobs if jobs is not None else len(os.sched_getaffinity(0))
+    jobs = jobs if jobs is not None else _cores()
     task_names = tasks.split(",") if tasks else None
     method_names = methods.split(",") if methods else None
     folder = _run_folder("bench", out)
