@@ -140,6 +140,7 @@ def _train_cma(task: Task, model: HybridNet, data: Data, epochs: int, seed: int,
     generator = torch.Generator().manual_seed(seed)
     per_epoch = budget // epochs
     next_mark = per_epoch
+    index = torch.arange(batch)  # replaced by each generation's minibatch
     while model.evaluations() + strategy.popsize * batch <= budget:
         index = torch.randint(0, n_train, (batch,), generator=generator)
         candidates = strategy.ask()
