@@ -57,8 +57,10 @@ def markdown(tables: dict[str, list[dict[str, Any]]], titles: dict[str, str]) ->
         for row in rows:
             cosine = "—" if row["cosine"] is None else f"{row['cosine']:.3f}"
             fraction = "—" if row["fraction_of_exact"] is None else f"{row['fraction_of_exact']:.3f}"
+            # one seed has no spread to show
+            accuracy = f"{row['accuracy']:.3f}" + (f" ± {row['accuracy_std']:.3f}" if row["seeds"] > 1 else "")
             lines.append(
-                f"| {row['label']} | {row['accuracy']:.3f} ± {row['accuracy_std']:.3f} | "
+                f"| {row['label']} | {accuracy} | "
                 f"{row['evaluations_per_sample']:.2f} | {cosine} | {row['wall_seconds']:.1f} | {fraction} |"
             )
         lines.append("")
