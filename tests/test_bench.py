@@ -3,6 +3,7 @@
 import json
 from dataclasses import replace
 
+import pytest
 from typer.testing import CliRunner
 
 from blackgrad.cli import app
@@ -36,6 +37,7 @@ def test_demo_quick_writes_a_report(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "exact backprop (the limit)" in report and "readout only" in report
     assert "![digits-shg.png](digits-shg.png)" in report
+    assert "±" not in report  # one seed: no spread to show
 
 
 def test_unknown_names_are_rejected_with_the_known_ones():
@@ -57,9 +59,13 @@ def test_parallel_runs_give_the_records_of_serial_ones(tmp_path):
     assert records(1) == records(2)
 
 
-def test_bad_jobs_are_rejected():
+def test_bad_jobs_are_rejected(tmp_path):
+    from blackgrad.bench import run_benchmark
+
     result = runner.invoke(app, ["bench", "--quick", "--jobs", "0"])
-    assert result.exit_code == 2 and "jobs must be a positive int" in result.output
+    assert result.exit_code == 2 and "--jobs must be at least 1" in result.output
+    with pytest.raises(ValueError, match="jobs must be a positive int"):
+        run_benchmark(tmp_path, quick=True, jobs=0, progress=False)
 
 
 def test_normalized_stack_keeps_the_third_layer_input_sample_dependent():
@@ -75,7 +81,6 @@ def test_normalized_stack_keeps_the_third_layer_input_sample_dependent():
     for normalize in (False, True):
         model = build(replace(task, normalize=normalize), METHODS["exact"], data, seed=0)
         with torch.no_grad():
-            model(data.x_train, record=False)
             h = data.x_train
             for encoder, box in zip(model.encoders, model.boxes):
                 u = torch.tanh(encoder(h))

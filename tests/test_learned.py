@@ -251,30 +251,47 @@ def test_fourier_features_and_embedding_option():
         LearnedVJP(embedding=torch.nn.Identity())
 
 
-@pytest.mark.parametrize("scheme", ["forward", "central"])
-def test_twin_slope_by_difference_matches_the_probe_it_is_fitted_to(scheme):
-    # The twin's slope must be the same difference quotient the device is probed with,
-    # so that a twin equal to the device fits the measured slopes exactly.
-    step = 0.3  # large, so that the finite-step bias is far from negligible
-    twin = DigitalTwin(model=_Module(smooth), step=step, scheme=scheme, probes=1.0, slope_weight=1.0)
-    alpha, direction = torch.randn(5, N), torch.randn(5, N)
-    start = alpha - step * direction if scheme == "central" else alpha
-    measured = (smooth(alpha + step * direction) - smooth(start)) / ((2 if scheme == "central" else 1) * step)
-    assert torch.allclose(twin.twin_slope(alpha, direction), measured, atol=1e-6)
-    # the derivative itself differs from it at this step; slope_fit="jvp" gives the derivative
-    twin.slope_fit = "jvp"
-    derivative = torch.func.jvp(smooth, (alpha,), (direction,))[1]
-    assert torch.allclose(twin.twin_slope(alpha, direction), derivative, atol=1e-6)
-    assert not torch.allclose(derivative, measured, atol=1e-3)
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda twin: DigitalTwin(model=twin, step=0.3, probes=1.0, slope_weight=1.0, updates=0),
+        lambda twin: DigitalTwin(model=twin, step=0.3, scheme="central", probes=1.0, slope_weight=1.0, updates=0),
+        # a wrapper's probes, with the wrapper's step and scheme, not the twin's
+        lambda twin: Unbiased(DigitalTwin(model=twin, slope_weight=1.0, updates=0), step=0.2, antithetic=True),
+        lambda twin: Unbiased(DigitalTwin(model=twin, slope_weight=1.0, updates=0), step=0.2),
+    ],
+    ids=["own-forward", "own-central", "unbiased-antithetic", "unbiased-one-sided"],
+)
+def test_a_twin_equal_to_the_device_fits_its_measured_slopes_exactly(make):
+    # The twin's slope is the same difference quotient the device was probed with, so a
+    # perfect twin has zero slope error even at a step large enough to make the
+    # derivative differ from the measured quotient.
+    estimator = make(_Module(smooth))
+    twin = estimator.inner if isinstance(estimator, Unbiased) else estimator
+    box = bg.BlackBox(smooth, estimator)
+    x = torch.randn(16, N, requires_grad=True)
+    y = box(x)
+    y.backward(torch.randn_like(y))
+    rows = twin.buffer.sample(len(twin.buffer), twin.generator)
+    fitted = twin.twin_slope(rows["alpha"], rows["direction"], rows["step"], rows["central"])
+    assert torch.allclose(fitted, rows["slope"], atol=1e-5)
+    derivative = torch.func.jvp(smooth, (rows["alpha"],), (rows["direction"],))[1]
+    assert not torch.allclose(derivative, rows["slope"], atol=1e-3)
+    twin.slope_fit = "jvp"  # the exact derivative instead
+    jvp = twin.twin_slope(rows["alpha"], rows["direction"], rows["step"], rows["central"])
+    assert torch.allclose(jvp, derivative, atol=1e-6)
 
 
 class _Module(torch.nn.Module):
+    """``fun`` as a twin: a module with one parameter (an optimiser needs one), equal to ``fun``."""
+
     def __init__(self, fun):
         super().__init__()
         self.fun = fun
+        self.scale = torch.nn.Parameter(torch.ones(()))
 
     def forward(self, x):
-        return self.fun(x)
+        return self.scale * self.fun(x)
 
 
 def test_slope_fit_is_checked():

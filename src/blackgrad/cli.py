@@ -21,7 +21,12 @@ def _run_folder(kind: str, out: Optional[Path]) -> Path:
 
 
 def _cores() -> int:
-    """The cores this process may run on (all of them where the OS cannot say)."""
+    """The cores this process may run on (all of them where the OS cannot say).
+
+    A container's CPU quota is not seen here; pass ``--jobs`` there.
+    """
+    if hasattr(os, "process_cpu_count"):  # Python ≥ 3.13
+        return os.process_cpu_count() or 1
     if hasattr(os, "sched_getaffinity"):  # Linux
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
@@ -58,6 +63,9 @@ def bench(
         typer.echo("--seeds must be at least 1", err=True)
         raise typer.Exit(2)
     jobs = jobs if jobs is not None else _cores()
+    if jobs < 1:
+        typer.echo("--jobs must be at least 1", err=True)
+        raise typer.Exit(2)
     task_names = tasks.split(",") if tasks else None
     method_names = methods.split(",") if methods else None
     folder = _run_folder("bench", out)

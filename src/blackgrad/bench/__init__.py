@@ -43,7 +43,10 @@ def run_benchmark(
     threading overhead outweighs the gain, and one busy core does not stall
     the run; None leaves torch's setting).
     ``jobs``: runs trained at once, each in its own process (every run seeds
-    itself, so the records do not depend on ``jobs``).
+    itself, so the records do not depend on ``jobs``).  Worker processes
+    import the package afresh and look tasks and methods up by name: with
+    ``jobs > 1`` only the built-in :func:`tasks` and :data:`METHODS` run, not
+    entries a caller added or replaced at run time.
     """
     table = tasks()
     default_tasks = ["digits-shg"] if quick else list(table)
@@ -77,10 +80,12 @@ def run_benchmark(
     bar.close()
     order = {run: index for index, run in enumerate(plan)}
     records.sort(key=lambda r: order[(r["task"], r["method"], r["seed"])])
+    workers = min(jobs, len(plan))
+    threads_per_run = threads if threads is not None else (1 if workers > 1 else torch.get_num_threads())
     header = (
         f"Benchmark ({'quick' if quick else 'full'}): seeds {list(seeds)}, "
-        f"torch {torch.__version__}, {platform.machine()}, {threads or torch.get_num_threads()} torch thread(s) per run, "
-        f"{jobs} run(s) at once."
+        f"torch {torch.__version__}, {platform.machine()}, {threads_per_run} torch thread(s) per run, "
+        f"{workers} run(s) at once."
     )
     return report.write(records, Path(out), {t.name: t.title for t in selected}, header)
 
@@ -97,8 +102,10 @@ def _execute(plan: list[tuple[str, str, int]], quick: bool, threads: int | None,
         return
     # spawn, not fork: a forked child of a process that has used torch's thread pools can hang
     context = multiprocessing.get_context("spawn")
+    # workers that each took torch's default of one thread per core would oversubscribe the cores
+    per_worker = threads if threads is not None else 1
     with ProcessPoolExecutor(max_workers=min(jobs, len(plan)), mp_context=context) as pool:
-        futures = [pool.submit(_run_planned, *run, quick, threads) for run in plan]
+        futures = [pool.submit(_run_planned, *run, quick, per_worker) for run in plan]
         try:
             for future in as_completed(futures):
                 yield future.result()

@@ -50,8 +50,9 @@ def learned(device: Device, task: Any, seed: int, **options: Any) -> dict[str, A
     """Options shared by every learned estimator of the benchmark.
 
     (128, 128) hidden units: on the main task the online twin with slopes did
-    as well with them as with (256, 256), in about half the time
-    (``benchmarks/twin_slope_fit.py``).
+    as well with them as with (256, 256), in 70 % of the time
+    (``benchmarks/twin_slope_fit.py``).  The size was chosen for that twin;
+    BENCHMARKS.md lists what it cost the other learned methods.
     """
     defaults = dict(hidden=(128, 128), lr=2e-3, updates=4, batch_size=256, seed=seed, embedding=embedding(device, task))
     return {**defaults, **options}

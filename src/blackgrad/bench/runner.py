@@ -135,13 +135,19 @@ def _train_cma(task: Task, model: HybridNet, data: Data, epochs: int, seed: int,
     strategy = cma.CMAEvolutionStrategy(
         vector.double().numpy(), 0.05, {"CMA_diagonal": True, "seed": seed + 1, "verbose": -9}
     )
+    # a forward pass of one sample costs one evaluation per physical layer
+    layers = len(model.boxes)
     # at least 50 generations within the budget, minibatches of at most 256
-    batch = max(8, min(256, n_train, budget // (50 * strategy.popsize)))
+    batch = max(8, min(256, n_train, budget // (50 * strategy.popsize * layers)))
+    generation_cost = strategy.popsize * batch * layers
+    calibration_cost = batch * layers if any(isinstance(m, nn.BatchNorm1d) for m in model.modules()) else 0
     generator = torch.Generator().manual_seed(seed)
     per_epoch = budget // epochs
     next_mark = per_epoch
-    index = torch.arange(batch)  # replaced by each generation's minibatch
-    while model.evaluations() + strategy.popsize * batch <= budget:
+    # Scoring runs the model in training mode; its boxes' estimator (exact, unused: CMA-ES
+    # asks for no gradient) learns nothing from the forward passes it observes.
+    index = torch.arange(batch)  # the last generation's minibatch, also used to calibrate batch norm
+    while model.evaluations() + generation_cost + 2 * calibration_cost <= budget:
         index = torch.randint(0, n_train, (batch,), generator=generator)
         candidates = strategy.ask()
         scores = []

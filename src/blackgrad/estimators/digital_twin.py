@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nets import MLP, embedded
-from .base import check_option, default_step
+from .base import check_option
 from .learned import LearnedEstimator, ReplayBuffer, training_loss
 
 
@@ -29,13 +29,12 @@ class DigitalTwin(LearnedEstimator):
       the measured one.  ``slope_fit="difference"`` (default) takes the twin's
       slope as the same difference quotient the device was measured with
       (step ``step``, scheme ``scheme``), so the bias of a finite step is the
-      same on both sides and cancels; it costs the twin two forward rows per
-      probe row.  (When an :class:`~blackgrad.estimators.Unbiased` wrapper
-      supplies the probes, give the twin the wrapper's step, and
-      ``scheme="central"`` if the wrapper is antithetic.)
-      ``slope_fit="jvp"`` takes the twin's exact directional derivative (a
-      forward-mode JVP), slower to train and, in our benchmark, less accurate
-      (``benchmarks/twin_slope_fit.py``);
+      same on both sides and cancels (each probe row keeps its step and
+      scheme, so probes from an :class:`~blackgrad.estimators.Unbiased`
+      wrapper are matched too); it costs the twin two forward rows per probe
+      row.  ``slope_fit="jvp"`` takes the twin's exact directional derivative
+      (a forward-mode JVP): slower to train, and a lower VJP cosine in our
+      benchmark (``benchmarks/twin_slope_fit.py``);
     * before training, with :meth:`fit` on a stated number of evaluations
       (the published anchor's pre-trained twin).  ``online=False`` then
       freezes it, as the published code does.
@@ -86,10 +85,10 @@ class DigitalTwin(LearnedEstimator):
         self.values.add(alpha=alpha, y=y)
         self.train(self.updates)
 
-    def learn(self, alpha: Tensor, direction: Tensor, slope: Tensor, grad_out: Tensor) -> None:
+    def learn(self, alpha: Tensor, direction: Tensor, slope: Tensor, grad_out: Tensor, **how: Any) -> None:
         if not self.online:
             return
-        super().learn(alpha, direction, slope, grad_out)
+        super().learn(alpha, direction, slope, grad_out, **how)
 
     def fit(self, prober, alpha: Tensor, epochs: int = 50, progress: bool = False) -> list[float]:
         """Pre-fit the twin on the device's outputs at the rows ``alpha`` ``(N, d)``.
@@ -124,21 +123,25 @@ class DigitalTwin(LearnedEstimator):
             values = self.values.sample(self.batch_size, self.generator)
             terms.append(training_loss(self.model(values["alpha"]), values["y"], "mse"))
         if rows and self.slope_weight > 0:
-            twin_slope = self.twin_slope(rows["alpha"], rows["direction"])
+            twin_slope = self.twin_slope(rows["alpha"], rows["direction"], rows["step"], rows["central"])
             terms.append(self.slope_weight * training_loss(twin_slope, rows["slope"], self.loss))
         if not terms:
             raise RuntimeError("DigitalTwin has nothing to fit: no forward values yet and no slope rows (slope_weight=0)")
         return sum(terms)
 
-    def twin_slope(self, alpha: Tensor, direction: Tensor) -> Tensor:
-        """The twin's slope along ``direction`` at ``alpha``, taken as ``slope_fit`` says."""
+    def twin_slope(self, alpha: Tensor, direction: Tensor, step: Tensor, central: Tensor) -> Tensor:
+        """The twin's slope along ``direction`` at ``alpha``, taken as ``slope_fit`` says.
+
+        ``step`` ``(N,)`` and ``central`` ``(N,)`` (bool) say how each row's
+        slope was measured: one-sided ``(f(α + hε) − f(α)) / h`` or central
+        ``(f(α + hε) − f(α − hε)) / 2h``.
+        """
         if self.slope_fit == "jvp":
             return torch.func.jvp(self.model, (alpha,), (direction,))[1]
-        central = self.scheme == "central"
-        h = self.step if self.step is not None else default_step(alpha.dtype, 2 if central else 1)
-        start = alpha - h * direction if central else alpha
+        h = step.to(alpha.dtype).unsqueeze(1)
+        start = torch.where(central.unsqueeze(1), alpha - h * direction, alpha)
         ends = self.model(torch.cat([start, alpha + h * direction])).reshape(2, alpha.shape[0], -1)
-        return (ends[1] - ends[0]) / ((2 if central else 1) * h)
+        return (ends[1] - ends[0]) / torch.where(central.unsqueeze(1), 2 * h, h)
 
     def has_training_data(self) -> bool:
         return len(self.values) > 0 or (len(self.buffer) > 0 and self.slope_weight > 0)

@@ -234,16 +234,38 @@ class LearnedEstimator(Estimator):
         pick_k, pick_b = pick_k.to(alpha.device), pick_b.to(alpha.device)
         direction = directions[pick_k, pick_b]
         points = alpha[pick_b]
-        h = self.step if self.step is not None else default_step(alpha.dtype, 2 if self.scheme == "central" else 1)
+        h = self.probe_step(alpha.dtype)
         y = None if self.scheme == "central" else query.y[pick_b]
         slope = directional_slopes(prober, points, direction, h, y)
         return points, direction, slope, query.grad_out[pick_b]
 
-    def learn(self, alpha: Tensor, direction: Tensor, slope: Tensor, grad_out: Tensor) -> None:
-        """Store probe rows and take ``updates`` optimiser steps."""
+    def probe_step(self, dtype: torch.dtype) -> float:
+        """The step ``h`` of this estimator's own probes."""
+        return self.step if self.step is not None else default_step(dtype, 2 if self.scheme == "central" else 1)
+
+    def learn(
+        self, alpha: Tensor, direction: Tensor, slope: Tensor, grad_out: Tensor, step: float | None = None, central: bool | None = None
+    ) -> None:
+        """Store probe rows and take ``updates`` optimiser steps.
+
+        ``step`` and ``central`` say how the slopes were measured (default:
+        by this estimator's own ``step`` and ``scheme``; a wrapper such as
+        :class:`~blackgrad.estimators.Unbiased` passes its own); they are kept
+        with each row for models that take their own slopes the same way.
+        """
         self.prepare(alpha.shape[1], slope.shape[1], alpha)
+        central = self.scheme == "central" if central is None else bool(central)
+        step = self.probe_step(alpha.dtype) if step is None else float(step)
+        rows = alpha.shape[0]
         scale = grad_out.norm(dim=1, keepdim=True).clamp(min=1e-30)
-        self.buffer.add(alpha=alpha, direction=direction, slope=slope, grad_out=grad_out / scale)
+        self.buffer.add(
+            alpha=alpha,
+            direction=direction,
+            slope=slope,
+            grad_out=grad_out / scale,
+            step=alpha.new_full((rows,), step),
+            central=torch.full((rows,), central, dtype=torch.bool, device=alpha.device),
+        )
         self.train(self.updates)
 
     def has_training_data(self) -> bool:

@@ -84,7 +84,9 @@ class Unbiased(Estimator):
         residual = torch.einsum("bm,kbm->kb", query.grad_out, slope) - torch.einsum("bd,kbd->kb", estimate * active, delta)
         corrected = estimate * active + torch.einsum("kb,kbd->bd", residual, delta) / k
         if learned:
-            self.inner.learn(rows, delta.reshape(k * batch, -1), slope.reshape(k * batch, -1), query.grad_out.repeat(k, 1))
+            self.inner.learn(
+                rows, delta.reshape(k * batch, -1), slope.reshape(k * batch, -1), query.grad_out.repeat(k, 1), step=h, central=self.antithetic
+            )
         return corrected
 
     def fit(self, *args, **kwargs):
