@@ -85,10 +85,12 @@ class DigitalTwin(LearnedEstimator):
         self.values.add(alpha=alpha, y=y)
         self.train(self.updates)
 
-    def learn(self, alpha: Tensor, direction: Tensor, slope: Tensor, grad_out: Tensor, **how: Any) -> None:
+    def learn(
+        self, alpha: Tensor, direction: Tensor, slope: Tensor, grad_out: Tensor, step: float | None = None, central: bool | None = None
+    ) -> None:
         if not self.online:
             return
-        super().learn(alpha, direction, slope, grad_out, **how)
+        super().learn(alpha, direction, slope, grad_out, step=step, central=central)
 
     def fit(self, prober, alpha: Tensor, epochs: int = 50, progress: bool = False) -> list[float]:
         """Pre-fit the twin on the device's outputs at the rows ``alpha`` ``(N, d)``.
