@@ -1,4 +1,9 @@
-"""BlackBox and the prober: ledger, batching, validation, retries, budget, state."""
+"""BlackBox and the prober: ledger, batching, validation, retries, budget, state.
+
+Tests that count a probing estimator's evaluations call by call pass
+``calibrate=False``; calibration's own evaluations are tested in
+``test_calibration.py``.
+"""
 
 import numpy as np
 import pytest
@@ -59,7 +64,7 @@ def test_no_evaluation_for_gradients_nobody_needs():
     def device(x, th):
         return x @ th.reshape(3, 4).T
 
-    box = bg.BlackBox(device, FiniteDifference(), params=theta)
+    box = bg.BlackBox(device, FiniteDifference(), params=theta, calibrate=False)
     x = torch.randn(5, 4, dtype=torch.float64)  # x needs no gradient
     box(x).sum().backward()
     assert box.calls.probe == 2 * 12 * 5  # θ only
@@ -80,7 +85,7 @@ def test_theta_gradient_is_summed_over_the_batch_and_probes_share_calls():
     def device(x, th):
         return x @ th.reshape(3, 4).T
 
-    box = bg.BlackBox(device, FiniteDifference(), params=theta)
+    box = bg.BlackBox(device, FiniteDifference(), params=theta, calibrate=False)
     x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
     g = torch.randn(6, 3, dtype=torch.float64)
     box(x).backward(g)
@@ -97,7 +102,7 @@ def test_max_batch_splits_device_calls_and_ledger_stays_exact():
         sizes.append(x.shape[0])
         return linear(x)
 
-    box = bg.BlackBox(device, SPSA(directions=3), max_batch=10)
+    box = bg.BlackBox(device, SPSA(directions=3), max_batch=10, calibrate=False)
     x = torch.randn(8, 4, dtype=torch.float64, requires_grad=True)
     box(x).sum().backward()
     assert max(sizes) <= 10
@@ -150,7 +155,7 @@ def test_device_that_raises_once_is_retried_and_counted():
             raise TimeoutError("instrument did not answer")
         return linear(x)
 
-    box = bg.BlackBox(flaky, FiniteDifference(scheme="forward"), retries=1)
+    box = bg.BlackBox(flaky, FiniteDifference(scheme="forward"), retries=1, calibrate=False)
     x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     g = torch.randn(3, 3, dtype=torch.float64)
     box(x).backward(g)
@@ -170,7 +175,7 @@ def test_device_that_keeps_raising_names_itself():
 
 
 def test_budget_stops_training_before_any_evaluation():
-    box = bg.BlackBox(linear, FiniteDifference(), budget=30, name="dev")
+    box = bg.BlackBox(linear, FiniteDifference(), budget=30, name="dev", calibrate=False)
     x = torch.randn(4, 4, dtype=torch.float64, requires_grad=True)
     y = box(x)  # 4 evaluations
     with pytest.raises(bg.BudgetExhausted, match=r"budget of 30 samples for 'dev' is spent: 4 used .* needs 32 more"):

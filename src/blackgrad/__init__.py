@@ -5,6 +5,7 @@ for real in the forward pass; a gradient estimator supplies the backward pass.
 """
 
 from . import activations, devices, estimators, losses, nets, transforms
+from .calibration import DeviceProfile, calibrate
 from .errors import (
     BlackGradError,
     BudgetExhausted,
@@ -22,6 +23,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BlackBox",
+    "calibrate",
+    "DeviceProfile",
     "gradiator",
     "no_grad",
     "estimators",

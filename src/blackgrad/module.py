@@ -7,6 +7,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from .calibration import DeviceProfile, calibrate as measure_profile
 from .errors import InputShapeError
 from .estimators.base import Estimator, VJPQuery
 from .estimators.exact import require_graph
@@ -62,6 +63,12 @@ class BlackBox(nn.Module):
             with :class:`~blackgrad.errors.BudgetExhausted` when it is spent.
         numpy: call ``fun`` with numpy arrays instead of tensors.
         name: how errors and reports name the device.
+        calibrate: ``True`` (default): on the first training batch that needs
+            a gradient, measure the device (:func:`~blackgrad.calibrate`, a
+            few hundred evaluations counted as ``calibration``) and hand the
+            profile to the estimator, which probes with its step unless told
+            one — only if the estimator wants a profile (``needs_profile``).
+            ``False``: never.  A :class:`~blackgrad.DeviceProfile`: use it.
 
     The ledger ``layer.calls`` counts every sample the device evaluated:
     ``forward``, ``probe``, ``failed``, ``total``, ``device_calls`` and
@@ -91,8 +98,11 @@ class BlackBox(nn.Module):
         budget: int | None = None,
         numpy: bool = False,
         name: str | None = None,
+        calibrate: bool | DeviceProfile = True,
     ) -> None:
         super().__init__()
+        if not isinstance(calibrate, (bool, DeviceProfile)):
+            raise TypeError(f"calibrate must be True, False or a DeviceProfile, got {calibrate!r}")
         if not callable(fun):
             raise TypeError(f"BlackBox needs a callable device, got {type(fun).__name__}")
         estimator = FiniteDifference() if estimator is None else estimator
@@ -125,6 +135,10 @@ class BlackBox(nn.Module):
         )
         self.prober: Prober | None = None
         self._ledger = Ledger()
+        self._calibrate = calibrate is True
+        self.profile: DeviceProfile | None = calibrate if isinstance(calibrate, DeviceProfile) else None
+        if self.profile is not None:
+            self.estimator.calibrate(self.profile)
         if self._in_shape is not None:
             self._make_prober(self._in_shape)
 
@@ -172,15 +186,40 @@ class BlackBox(nn.Module):
         theta = self.params
         if theta is not None and theta.dtype != flat.dtype:
             theta = theta.to(flat.dtype)
+        wants_gradient = torch.is_grad_enabled() and (flat.requires_grad or (theta is not None and theta.requires_grad))
+        if self.training and wants_gradient and self._calibrate and self.profile is None and self.estimator.needs_profile and x.shape[0] > 0:
+            self.calibrate(x)
         if self.estimator.differentiates_device:
             y = self.prober.forward(flat, theta, differentiable=True)
-            if torch.is_grad_enabled() and (flat.requires_grad or (theta is not None and theta.requires_grad)):
+            if wants_gradient:
                 require_graph(y, self.name)
         else:
             y = _BlackBoxFunction.apply(flat, theta, self)
         if self.training:
             self.estimator.observe(self._alpha(flat.detach(), None if theta is None else theta.detach()), y.detach())
         return y.reshape((batch,) + self.prober.out_shape)
+
+    def calibrate(self, x: Tensor, **options: Any) -> DeviceProfile:
+        """Measure the device at inputs ``x`` (and the current θ) and hand the profile to the estimator.
+
+        ``options`` go to :func:`~blackgrad.calibrate`.  The evaluations are
+        counted as ``calibration`` and respect the budget.  Returns the
+        profile, also kept as ``self.profile`` (and in ``state_dict``).
+        """
+        if self.prober is None:
+            self._in_shape = tuple(x.shape[1:])
+            self._make_prober(self._in_shape)
+        flat = x.detach().reshape(x.shape[0], self.prober.n_x)
+        theta = None if self.params is None else self.params.detach().to(flat.dtype)
+        profile = measure_profile(self.prober, flat, theta, **options)
+        self.profile = profile
+        self.estimator.calibrate(profile)
+        return profile
+
+    @property
+    def fidelity(self):
+        """The estimator's running :class:`~blackgrad.estimators.learned.Fidelity` (None if it keeps none)."""
+        return getattr(self.estimator, "fidelity", None)
 
     def pretrain(self, x: Tensor, epochs: int = 50, progress: bool = False) -> list[float]:
         """Pre-fit the estimator's model on the device's outputs at inputs ``x``.
@@ -216,11 +255,15 @@ class BlackBox(nn.Module):
             "in_shape": self._in_shape,
             "out_shape": self.out_shape,
             "ledger": self._ledger.as_dict(),
+            "profile": None if self.profile is None else self.profile.state_dict(),
         }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.estimator.load_state_dict(state["estimator"])
         self._ledger.load_dict(state["ledger"])
+        profile = state.get("profile")
+        self.profile = None if profile is None else DeviceProfile.from_state_dict(profile)
+        self.estimator.calibrate(self.profile)
         if state["in_shape"] is not None:
             self._in_shape = tuple(state["in_shape"])
             self._make_prober(self._in_shape)

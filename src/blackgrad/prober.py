@@ -35,6 +35,8 @@ class Ledger:
     Attributes:
         forward: samples evaluated by forward passes.
         probe: samples evaluated by estimators to build gradients.
+        calibration: samples evaluated to calibrate the estimators
+            (:func:`~blackgrad.calibration.calibrate`).
         failed: samples sent in device calls that raised or returned unusable
             output (they were spent even though nothing came of them).
         device_calls: number of calls made to the device function.
@@ -43,24 +45,26 @@ class Ledger:
 
     forward: int = 0
     probe: int = 0
+    calibration: int = 0
     failed: int = 0
     device_calls: int = 0
     seconds: float = 0.0
 
     @property
     def total(self) -> int:
-        """Every sample the device was asked to evaluate: forward + probe + failed."""
-        return self.forward + self.probe + self.failed
+        """Every sample the device was asked to evaluate: forward + probe + calibration + failed."""
+        return self.forward + self.probe + self.calibration + self.failed
 
     def reset(self) -> None:
         """Set every count back to zero."""
-        self.forward = self.probe = self.failed = self.device_calls = 0
+        self.forward = self.probe = self.calibration = self.failed = self.device_calls = 0
         self.seconds = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "forward": self.forward,
             "probe": self.probe,
+            "calibration": self.calibration,
             "failed": self.failed,
             "total": self.total,
             "device_calls": self.device_calls,
@@ -70,10 +74,11 @@ class Ledger:
     def load_dict(self, state: dict[str, Any]) -> None:
         for key in ("forward", "probe", "failed", "device_calls", "seconds"):
             setattr(self, key, state[key])
+        self.calibration = state.get("calibration", 0)  # absent from ledgers saved before calibration existed
 
     def __repr__(self) -> str:
         return (
-            f"Ledger(forward={self.forward}, probe={self.probe}, failed={self.failed}, "
+            f"Ledger(forward={self.forward}, probe={self.probe}, calibration={self.calibration}, failed={self.failed}, "
             f"total={self.total}, device_calls={self.device_calls}, seconds={self.seconds:.3g})"
         )
 
@@ -162,8 +167,10 @@ class Prober:
         """Evaluate a forward batch ``x`` of shape ``(B, n)``; counted as ``forward``."""
         return self._evaluate_groups([(x, theta)], kind="forward", differentiable=differentiable)[0]
 
-    def __call__(self, alpha: Tensor, differentiable: bool = False) -> Tensor:
-        """Evaluate probe rows ``alpha`` of shape ``(N, n + p)``; counted as ``probe``.
+    def __call__(self, alpha: Tensor, differentiable: bool = False, kind: str = "probe") -> Tensor:
+        """Evaluate probe rows ``alpha`` of shape ``(N, n + p)``; counted as ``kind``.
+
+        ``kind`` is ``"probe"`` (an estimator's) or ``"calibration"``.
 
         Rows that share the same θ part go to the device in one call.
         Returns ``(N, m)``.
@@ -173,15 +180,17 @@ class Prober:
                 f"probes for {self.name!r} must have shape (N, {self.n_x + self.n_params}), "
                 f"got {tuple(alpha.shape)}"
             )
+        if kind not in ("probe", "calibration"):
+            raise ValueError(f"a prober request is a 'probe' or a 'calibration', not {kind!r}")
         x = alpha[:, : self.n_x]
         if self.n_params == 0:
-            return self._evaluate_groups([(x, None)], kind="probe", differentiable=differentiable)[0]
+            return self._evaluate_groups([(x, None)], kind=kind, differentiable=differentiable)[0]
         thetas = alpha[:, self.n_x :]
         keys = torch.view_as_real(thetas).flatten(1) if thetas.is_complex() else thetas
         unique, inverse = torch.unique(keys.detach(), dim=0, return_inverse=True)
         rows = [torch.nonzero(inverse == g).squeeze(1) for g in range(unique.shape[0])]
         groups = [(x[r], thetas[r[0]]) for r in rows]
-        outputs = self._evaluate_groups(groups, kind="probe", differentiable=differentiable)
+        outputs = self._evaluate_groups(groups, kind=kind, differentiable=differentiable)
         y = outputs[0].new_empty((alpha.shape[0],) + outputs[0].shape[1:])
         if differentiable:  # keep the graph: assemble with index_put, not in place on a leaf
             y = torch.zeros_like(y)
@@ -212,7 +221,7 @@ class Prober:
             raise BudgetExhausted(
                 f"evaluation budget of {self.budget} samples for {self.name!r} is spent: "
                 f"{self.ledger.total} used (forward={self.ledger.forward}, probe={self.ledger.probe}, "
-                f"failed={self.ledger.failed}) and this {kind} needs {requested} more; "
+                f"calibration={self.ledger.calibration}, failed={self.ledger.failed}) and this {kind} needs {requested} more; "
                 "nothing of this request was evaluated. Raise the budget or reset the ledger to continue."
             )
 
@@ -254,10 +263,7 @@ class Prober:
                 if not self.retry.retry_nonfinite or attempt == attempts:
                     raise DeviceOutputError(message)
                 continue
-            if kind == "forward":
-                self.ledger.forward += n
-            else:
-                self.ledger.probe += n
+            setattr(self.ledger, kind, getattr(self.ledger, kind) + n)
             return y
         raise AssertionError("unreachable")  # pragma: no cover
 

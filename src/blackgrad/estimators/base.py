@@ -29,6 +29,11 @@ The methods:
     coordinates; the ledger agrees with it exactly (tests check this).
 ``state_dict()`` / ``load_state_dict(state)``
     everything needed to resume exactly, random generator included.
+``calibrate(profile)``
+    is handed the :class:`~blackgrad.calibration.DeviceProfile` a
+    :class:`~blackgrad.BlackBox` measured (``needs_profile`` says whether it
+    wants one); an estimator whose ``step`` was not given probes with the
+    profile's step from then on (:meth:`Estimator.probe_step`).
 
 Randomness comes from a ``torch.Generator`` the estimator owns (``seed``
 argument), so runs repeat under a seed.  Compose by wrapping, not subclassing.
@@ -37,11 +42,15 @@ argument), so runs repeat under a seed.  Compose by wrapping, not subclassing.
 from __future__ import annotations
 
 import abc
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from ..calibration import DeviceProfile
 
 DISTRIBUTIONS = ("rademacher", "gaussian")
 
@@ -53,10 +62,11 @@ def check_option(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
 
 
 def check_positive(name: str, value: Any, *, integer: bool = False, allow_none: bool = False) -> None:
+    """Reject a value that is not a positive (finite) number, naming the option."""
     if value is None and allow_none:
         return
     kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or value <= 0:
         what = "a positive int" if integer else "a positive number"
         raise ValueError(f"{name} must be {what}{' or None' if allow_none else ''}, got {value!r}")
 
@@ -123,6 +133,35 @@ class Estimator(abc.ABC):
     #: (:class:`~blackgrad.estimators.Exact`): :class:`~blackgrad.BlackBox`
     #: then keeps the autograd graph of the forward call instead of probing.
     differentiates_device: bool = False
+    #: the perturbation size the user gave (None: from the profile, else the dtype)
+    step: float | None = None
+    #: the device profile handed over by :meth:`calibrate`
+    profile: "DeviceProfile | None" = None
+
+    @property
+    def needs_profile(self) -> bool:
+        """Whether calibration would change what this estimator does.
+
+        True for an estimator that probes the device with no ``step`` given;
+        estimators that never probe (or were told their step) need none.
+        """
+        return self.step is None and self.probe_cost(1, 1, 64) > 0
+
+    def calibrate(self, profile: "DeviceProfile | None") -> None:
+        """Take the device profile measured by calibration (None: forget it)."""
+        self.profile = profile
+
+    def probe_step(self, dtype: torch.dtype, order: int = 1) -> float:
+        """The step this estimator probes with: its own, else the profile's, else the dtype's.
+
+        ``order`` is that of the difference scheme (1 one-sided, 2 central),
+        for the dtype default (:func:`default_step`).
+        """
+        if self.step is not None:
+            return self.step
+        if self.profile is not None and self.profile.step is not None:
+            return self.profile.step
+        return default_step(dtype, order)
 
     def observe(self, alpha: Tensor, y: Tensor) -> None:
         """Learn from a forward batch; the default ignores it."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Estimator, VJPQuery, check_positive, default_step, make_generator
+from .base import Estimator, VJPQuery, check_positive, make_generator
 
 
 class Broyden(Estimator):
@@ -28,7 +28,7 @@ class Broyden(Estimator):
     Args:
         probes: probes per sample at each backward pass (0: learn from forward
             data only, which needs ``observe_forward=True``).
-        step: perturbation size; default from the dtype.
+        step: perturbation size; default: the calibrated profile's, else from the dtype.
         observe_forward: also learn from consecutive forward samples.
         seed: seed of the estimator's own generator.
     """
@@ -72,7 +72,7 @@ class Broyden(Estimator):
         alpha = query.alpha
         jacobian = self._ensure(query.y.shape[1], query.dim, alpha)
         if self.probes > 0 and query.n_active > 0:
-            h = self.step if self.step is not None else default_step(alpha.dtype, 1)
+            h = self.probe_step(alpha.dtype, 1)
             dx = h * query.directions(self.probes, self.generator)  # (P, B, d)
             probes = (alpha + dx).reshape(-1, query.dim)
             df = prober(probes).reshape(self.probes, query.batch, -1) - query.y

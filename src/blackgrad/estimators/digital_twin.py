@@ -83,14 +83,21 @@ class DigitalTwin(LearnedEstimator):
             return
         self.prepare(alpha.shape[1], y.shape[1], alpha)
         self.values.add(alpha=alpha, y=y)
-        self.train(self.updates)
 
-    def learn(
+    def record(
         self, alpha: Tensor, direction: Tensor, slope: Tensor, grad_out: Tensor, step: float | None = None, central: bool | None = None
     ) -> None:
-        if not self.online:
-            return
-        super().learn(alpha, direction, slope, grad_out, step=step, central=central)
+        if self.online:  # a frozen twin neither learns from probe rows nor is gated by them
+            super().record(alpha, direction, slope, grad_out, step=step, central=central)
+
+    def update(self) -> None:
+        if self.online:
+            super().update()
+
+    def predict_response(self, rows: dict[str, Tensor]) -> Tensor:
+        # the twin's slope is taken the way the device's was measured (``slope_fit``)
+        slope = self.twin_slope(rows["alpha"], rows["direction"], rows["step"], rows["central"])
+        return (rows["grad_out"] * slope).sum(1)
 
     def fit(self, prober, alpha: Tensor, epochs: int = 50, progress: bool = False) -> list[float]:
         """Pre-fit the twin on the device's outputs at the rows ``alpha`` ``(N, d)``.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Estimator, VJPQuery, check_option, check_positive, default_step
+from .base import Estimator, VJPQuery, check_option, check_positive
 
 
 class FiniteDifference(Estimator):
@@ -19,9 +19,11 @@ class FiniteDifference(Estimator):
     ``2·d·B`` evaluations (central) or ``d·B`` (forward), whatever ``m``.
 
     Args:
-        step: relative step; default :func:`~blackgrad.estimators.base.default_step`
-            for the dtype (too small for noisy devices: set it to a few noise
-            standard deviations over the slope).
+        step: relative step; default the step of the device profile that
+            :class:`~blackgrad.BlackBox` calibrated (the same displacement
+            per moved coordinate as the random-direction estimators'), else
+            :func:`~blackgrad.estimators.base.default_step` for the dtype
+            (right for clean float functions only).
         scheme: ``"central"`` or ``"forward"``.
     """
 
@@ -40,7 +42,7 @@ class FiniteDifference(Estimator):
         if k == 0:
             return grad
         central = self.scheme == "central"
-        base = self.step if self.step is not None else default_step(alpha.dtype, 2 if central else 1)
+        base = self.probe_step(alpha.dtype, 2 if central else 1)
         rows = torch.arange(k, device=alpha.device)
         h = base * alpha[:, index].abs().clamp(min=1.0).T  # (k, B)
         plus = alpha.expand(k, batch, -1).clone()

@@ -8,9 +8,20 @@ shared on θ coordinates), and the measured slope along it,
 ``s = (f(α + hε) − f(α)) / h`` (one-sided, reusing the forward output) or
 ``(f(α + hε) − f(α − hε)) / 2h`` (central), so that ``J(α) ε ≈ s``.
 
-A :class:`LearnedEstimator` keeps those rows in a :class:`ReplayBuffer`, and
-after each backward pass takes ``updates`` optimiser steps on minibatches of
-it; then it answers the VJP from its model, at no further device cost.
+The lifecycle of a :class:`LearnedEstimator`, one backward pass at a time:
+
+1. :meth:`~LearnedEstimator.prepare` builds the model once the sizes are known;
+2. ``observe`` (forward data) and :meth:`~LearnedEstimator.record` (probe
+   rows: its own, or a wrapper's) only *add* rows; ``record`` first scores
+   the new rows against the model's prediction — a held-out test, since the
+   model has never trained on them — and keeps the running
+   :class:`Fidelity`;
+3. :meth:`~LearnedEstimator.update` takes ``updates`` optimiser steps on
+   replay minibatches: the one place training happens, once per ``vjp``;
+4. the VJP comes from the model, at no further device cost, scaled by the
+   fidelity gate: while the model's fidelity is low it passes nothing (or
+   less) upstream, so that an untrained model cannot wreck the layers
+   before it.
 """
 
 from __future__ import annotations
@@ -18,14 +29,41 @@ from __future__ import annotations
 import abc
 import copy
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .base import Estimator, VJPQuery, check_option, check_positive, default_step, directional_slopes, make_generator
+from .base import Estimator, VJPQuery, check_option, check_positive, directional_slopes, make_generator
 
 TRAINING_LOSSES = ("mse", "cosine", "mse+cosine")
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """How well a learned model predicted probe rows it had not trained on.
+
+    Each probe row measures ``gᵀs``: the loss gradient ``g`` flowing at that
+    point times the device's slope ``s`` along the random direction ``ε``.
+    The model predicts it as ``v̂·ε`` from its own VJP ``v̂`` (the DigitalTwin
+    from its own difference quotient).  Since ``E[(a·ε)(b·ε)] = a·b`` for
+    Rademacher ``ε``, the cosine between predictions and measurements over
+    many rows estimates the cosine between the model's VJP and the device's
+    — pulled down by the measurement noise, so it errs on the safe side.
+
+    Attributes:
+        cosine: running cosine between predicted and measured responses.
+        relative_error: running ``Σ (p − t)² / Σ t²``.
+        rows: probe rows scored so far.
+    """
+
+    cosine: float
+    relative_error: float
+    rows: int
+
+    def __repr__(self) -> str:
+        return f"Fidelity(cosine={self.cosine:.3f}, relative_error={self.relative_error:.3f}, rows={self.rows})"
 
 
 def training_loss(prediction: Tensor, target: Tensor, kind: str) -> Tensor:
@@ -102,12 +140,13 @@ class LearnedEstimator(Estimator):
         probes: probe directions per sample at each backward pass; may be
             fractional (0.25: a random quarter of the batch gets one) or 0
             (learn from forward data or from a wrapper's probes only).
-        step: perturbation size ``h``; default from the dtype.
+        step: perturbation size ``h``; default the calibrated profile's, else
+            from the dtype.
         scheme: ``"forward"`` (one evaluation per probe, reusing the forward
             output) or ``"central"`` (two).
         loss: ``"mse"``, ``"cosine"`` or ``"mse+cosine"`` (:func:`training_loss`).
         lr: Adam learning rate of the model (ignored if ``optimizer`` is given).
-        updates: optimiser steps after each backward pass.
+        updates: optimiser steps at each backward pass.
         batch_size: replay minibatch size.
         buffer: replay buffer capacity, in probe rows.
         optimizer: a ``torch.optim`` class or factory ``params -> Optimizer``.
@@ -115,6 +154,13 @@ class LearnedEstimator(Estimator):
             with an ``out_features`` attribute, e.g.
             :class:`~blackgrad.nets.FourierFeatures` for phase-encoded devices
             (ignored when ``model`` is given).
+        gate: ``(low, high)`` fidelity cosines: below ``low`` the VJP passed
+            upstream is zero, above ``high`` it is the model's, in between
+            scaled linearly; and it stays zero until ``gate_rows`` probe rows
+            were scored.  None: never gated.  An estimator that gets no probe
+            rows at all (``probes=0`` and no wrapper) cannot be scored and is
+            not gated.
+        gate_rows: probe rows to score before the gate may open.
         seed: seed of the estimator's generator (probes, minibatches, model init).
 
     Cost per ``vjp``: ``(⌊probes⌋·B + round(frac(probes)·B))`` evaluations, doubled
@@ -138,6 +184,8 @@ class LearnedEstimator(Estimator):
         buffer: int = 8192,
         optimizer: Any = None,
         embedding: nn.Module | None = None,
+        gate: tuple[float, float] | None = (0.1, 0.3),
+        gate_rows: int = 256,
         seed: int | None = 0,
     ) -> None:
         if isinstance(probes, bool) or not isinstance(probes, (int, float)) or probes < 0:
@@ -153,6 +201,17 @@ class LearnedEstimator(Estimator):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if embedding is not None and not hasattr(embedding, "out_features"):
             raise TypeError("embedding needs an out_features attribute giving its output width")
+        if gate is not None:
+            if (
+                not isinstance(gate, (tuple, list))
+                or len(gate) != 2
+                or any(isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) for g in gate)
+                or not -1 <= gate[0] < gate[1] <= 1
+            ):
+                raise ValueError(f"gate must be None or two cosines (low, high) with -1 <= low < high <= 1, got {gate!r}")
+            gate = (float(gate[0]), float(gate[1]))
+        if isinstance(gate_rows, bool) or not isinstance(gate_rows, int) or gate_rows < 0:
+            raise ValueError(f"gate_rows must be a non-negative int, got {gate_rows!r}")
         self.model = model
         self.embedding = embedding
         self.probes = probes
@@ -168,6 +227,11 @@ class LearnedEstimator(Estimator):
         self.generator = make_generator(seed)
         self.sizes: tuple[int, int] | None = None  # (d, m) once known
         self.train_losses: list[float] = []
+        self.gate = gate
+        self.gate_rows = gate_rows
+        # running sums Σ p·t, Σ p², Σ t² of scored rows, and their count
+        self._scores = torch.zeros(3, dtype=torch.float64)
+        self._scored_rows = 0
 
     # ------------------------------------------------------- subclass hooks
     @abc.abstractmethod
@@ -182,14 +246,54 @@ class LearnedEstimator(Estimator):
     def fit_loss(self, rows: dict[str, Tensor]) -> Tensor:
         """Training loss on a replay minibatch ``rows``."""
 
+    def predict_response(self, rows: dict[str, Tensor]) -> Tensor:
+        """The model's prediction of each probe row's ``gᵀs``: ``v̂(α, g)·ε``, shape ``(N,)``."""
+        return (self.predict_vjp(rows["alpha"], rows["grad_out"]) * rows["direction"]).sum(1)
+
     # ------------------------------------------------------------- contract
     def vjp(self, prober, query: VJPQuery) -> Tensor:
         self.prepare(query.dim, query.y.shape[1], query.alpha)
         if self.probe_cost(query.n_active, query.y.shape[1], query.batch) > 0:
-            alpha, direction, slope, grad_out = self.probe(prober, query)
-            self.learn(alpha, direction, slope, grad_out)
+            self.record(*self.probe(prober, query))
+        self.update()
         with torch.no_grad():
-            return self.predict_vjp(query.alpha, query.grad_out)
+            return self.predict_vjp(query.alpha, query.grad_out) * self.gate_factor()
+
+    @property
+    def needs_profile(self) -> bool:
+        return self.step is None and self.probes > 0
+
+    # ------------------------------------------------------------ fidelity
+    @property
+    def fidelity(self) -> Fidelity | None:
+        """The running fidelity of the model on rows it had not trained on; None before any."""
+        if self._scored_rows == 0:
+            return None
+        pt, pp, tt = self._scores.tolist()
+        cosine = pt / math.sqrt(pp * tt) if pp > 0 and tt > 0 else 0.0
+        relative = (pp - 2 * pt + tt) / tt if tt > 0 else float("inf")
+        return Fidelity(cosine=cosine, relative_error=relative, rows=self._scored_rows)
+
+    #: weight kept by the running fidelity sums at each scored batch
+    FIDELITY_DECAY = 0.9
+
+    def gate_factor(self) -> float:
+        """The factor the VJP is passed upstream with (see ``gate``)."""
+        if self.gate is None or self._scored_rows == 0 and self.probes == 0:
+            return 1.0
+        if self._scored_rows < self.gate_rows:
+            return 0.0
+        low, high = self.gate
+        return min(max((self.fidelity.cosine - low) / (high - low), 0.0), 1.0)
+
+    def _score(self, rows: dict[str, Tensor]) -> None:
+        """Add new probe rows to the running fidelity, *before* the model has trained on them."""
+        with torch.no_grad():
+            predicted = self.predict_response(rows).double()
+            measured = (rows["grad_out"] * rows["slope"]).sum(1).double()
+        sums = torch.stack([(predicted * measured).sum(), predicted.pow(2).sum(), measured.pow(2).sum()]).cpu()
+        self._scores = self.FIDELITY_DECAY * self._scores + sums
+        self._scored_rows += predicted.shape[0]
 
     def probe_cost(self, d: int, m: int, batch: int) -> int:
         if d == 0:
@@ -239,14 +343,14 @@ class LearnedEstimator(Estimator):
         slope = directional_slopes(prober, points, direction, h, y)
         return points, direction, slope, query.grad_out[pick_b]
 
-    def probe_step(self, dtype: torch.dtype) -> float:
-        """The step ``h`` of this estimator's own probes."""
-        return self.step if self.step is not None else default_step(dtype, 2 if self.scheme == "central" else 1)
+    def probe_step(self, dtype: torch.dtype, order: int | None = None) -> float:
+        """The step ``h`` of this estimator's own probes (see :meth:`Estimator.probe_step`)."""
+        return super().probe_step(dtype, (2 if self.scheme == "central" else 1) if order is None else order)
 
-    def learn(
+    def record(
         self, alpha: Tensor, direction: Tensor, slope: Tensor, grad_out: Tensor, step: float | None = None, central: bool | None = None
     ) -> None:
-        """Store probe rows and take ``updates`` optimiser steps.
+        """Score new probe rows against the model, then store them; no training here.
 
         ``step`` and ``central`` say how the slopes were measured (default:
         by this estimator's own ``step`` and ``scheme``; a wrapper such as
@@ -256,17 +360,29 @@ class LearnedEstimator(Estimator):
         self.prepare(alpha.shape[1], slope.shape[1], alpha)
         central = self.scheme == "central" if central is None else bool(central)
         step = self.probe_step(alpha.dtype) if step is None else float(step)
-        rows = alpha.shape[0]
+        count = alpha.shape[0]
         scale = grad_out.norm(dim=1, keepdim=True).clamp(min=1e-30)
-        self.buffer.add(
+        rows = dict(
             alpha=alpha,
             direction=direction,
             slope=slope,
             grad_out=grad_out / scale,
-            step=alpha.new_full((rows,), step),
-            central=torch.full((rows,), central, dtype=torch.bool, device=alpha.device),
+            step=alpha.new_full((count,), step),
+            central=torch.full((count,), central, dtype=torch.bool, device=alpha.device),
         )
+        self._score(rows)
+        self.buffer.add(**rows)
+
+    def update(self) -> None:
+        """Take this backward pass's ``updates`` optimiser steps: where training happens."""
         self.train(self.updates)
+
+    def learn(
+        self, alpha: Tensor, direction: Tensor, slope: Tensor, grad_out: Tensor, step: float | None = None, central: bool | None = None
+    ) -> None:
+        """:meth:`record` the rows, then :meth:`update`: for a wrapper that probes for this estimator."""
+        self.record(alpha, direction, slope, grad_out, step=step, central=central)
+        self.update()
 
     def has_training_data(self) -> bool:
         return len(self.buffer) > 0
@@ -293,6 +409,7 @@ class LearnedEstimator(Estimator):
             model=None if self.model is None else {k: v.clone() for k, v in self.model.state_dict().items()},
             optimizer=None if self.optimizer is None else copy.deepcopy(self.optimizer.state_dict()),
             train_losses=list(self.train_losses),
+            fidelity=(self._scores.clone(), self._scored_rows),
         )
         return state
 
@@ -300,6 +417,8 @@ class LearnedEstimator(Estimator):
         super().load_state_dict(state)
         self.buffer.load_state_dict(state["buffer"])
         self.train_losses = list(state["train_losses"])
+        scores, rows = state.get("fidelity", (torch.zeros(3, dtype=torch.float64), 0))
+        self._scores, self._scored_rows = scores.clone(), int(rows)
         if state["sizes"] is not None:
             model_state = state["model"]
             like = next(iter(model_state.values())) if model_state else torch.zeros(())
@@ -323,4 +442,4 @@ def random_training_grad(rows: dict[str, Tensor], mode: str, generator: torch.Ge
     return draw / draw.norm(dim=1, keepdim=True)
 
 
-__all__ = ["LearnedEstimator", "ReplayBuffer", "training_loss", "TRAINING_LOSSES", "random_training_grad"]
+__all__ = ["LearnedEstimator", "Fidelity", "ReplayBuffer", "training_loss", "TRAINING_LOSSES", "random_training_grad"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Estimator, VJPQuery, check_option, check_positive, default_step, make_generator
+from .base import Estimator, VJPQuery, check_option, check_positive, make_generator
 
 
 class LeastSquares(Estimator):
@@ -38,7 +38,7 @@ class LeastSquares(Estimator):
 
     Args:
         probes: probe directions per sample, ``None`` for ``d``.
-        step: per-coordinate perturbation size; default from the dtype.
+        step: per-coordinate perturbation size; default: the calibrated profile's, else from the dtype.
         scheme: ``"forward"`` or ``"central"``.
         neighbors: number of forward-batch neighbours used as extra secants.
         ridge: relative Tikhonov weight ``λ / mean(diag Gram)``; default
@@ -86,7 +86,7 @@ class LeastSquares(Estimator):
         dx_parts, c_parts = [], []
         n_probes = self._n_probes(k)
         if n_probes > 0:
-            h = self.step if self.step is not None else default_step(alpha.dtype, 2 if central else 1)
+            h = self.probe_step(alpha.dtype, 2 if central else 1)
             shared = bool(query.shared[index].any())
             frame = self._frame(n_probes, k, 1 if shared else batch).to(alpha) * (h * k**0.5)  # (B or 1, P, k)
             frame = frame.expand(batch, -1, -1).transpose(0, 1)  # (P, B, k)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import DISTRIBUTIONS, Estimator, VJPQuery, check_option, check_positive, default_step, directional_slopes, make_generator
+from .base import DISTRIBUTIONS, Estimator, VJPQuery, check_option, check_positive, directional_slopes, make_generator
 
 
 class SPSA(Estimator):
@@ -26,7 +26,7 @@ class SPSA(Estimator):
         directions: ``k``, directions per sample.
         distribution: ``"rademacher"`` or ``"gaussian"``.
         antithetic: two-sided differences.
-        step: perturbation size ``c``; default from the dtype.
+        step: perturbation size ``c``; default: the calibrated profile's, else from the dtype.
         seed: seed of the estimator's own generator.
     """
 
@@ -54,7 +54,7 @@ class SPSA(Estimator):
         if query.n_active == 0:
             return torch.zeros_like(alpha)
         k, batch = self.directions, query.batch
-        c = self.step if self.step is not None else default_step(alpha.dtype, 2 if self.antithetic else 1)
+        c = self.probe_step(alpha.dtype, 2 if self.antithetic else 1)
         delta = query.directions(k, self.generator, self.distribution)  # (k, B, d)
         rows = alpha.expand(k, batch, -1).reshape(k * batch, -1)
         y = None if self.antithetic else query.y.repeat(k, 1)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import DISTRIBUTIONS, Estimator, VJPQuery, check_option, check_positive, default_step, directional_slopes, make_generator
+from .base import DISTRIBUTIONS, Estimator, VJPQuery, check_option, check_positive, directional_slopes, make_generator
 from .learned import LearnedEstimator
 
 
@@ -149,6 +149,14 @@ class Unbiased(Estimator):
         """The control-variate coefficient the next backward pass will use."""
         return self._c
 
+    @property
+    def needs_profile(self) -> bool:
+        return self.step is None or self.inner.needs_profile
+
+    def calibrate(self, profile) -> None:
+        super().calibrate(profile)
+        self.inner.calibrate(profile)
+
     def observe(self, alpha: Tensor, y: Tensor) -> None:
         self.inner.observe(alpha, y)
 
@@ -163,7 +171,7 @@ class Unbiased(Estimator):
             estimate = self.inner.vjp(prober, query)
         if query.n_active == 0:
             return estimate
-        h = self.step if self.step is not None else default_step(alpha.dtype, 2 if self.antithetic else 1)
+        h = self.probe_step(alpha.dtype, 2 if self.antithetic else 1)
         delta = query.directions(k, self.generator, self.distribution)  # (k, B, d)
         rows = alpha.repeat(k, 1)
         y = None if self.antithetic else query.y.repeat(k, 1)

@@ -1,0 +1,139 @@
+"""Calibration: the profile recovers injected noise and ADC steps, at exactly its stated cost."""
+
+import math
+
+import pytest
+import torch
+
+import blackgrad as bg
+from blackgrad.calibration import STEP_GRID, calibration_cost
+from blackgrad.devices import SHG, Linear, Noisy, Quantized
+from blackgrad.estimators import SPSA, DigitalTwin, FiniteDifference, LearnedJacobian
+
+X = torch.rand(32, 16, generator=torch.Generator().manual_seed(3)) * 0.6 - 0.3
+
+
+class Counting:
+    """A device wrapper that counts the samples it was asked to evaluate."""
+
+    def __init__(self, device):
+        self.device, self.samples = device, 0
+
+    def __call__(self, x, theta=None):
+        self.samples += x.shape[0]
+        return self.device(x, theta) if theta is not None else self.device(x)
+
+
+def test_noise_level_is_recovered_and_the_outputs_are_not_taken_for_levels():
+    profile = bg.calibrate(Noisy(Linear(16, 8), std=0.02, seed=1), X)
+    # 8 points × 8 repeats × 8 outputs: 448 degrees of freedom, a standard error of about 3 %
+    assert profile.noise == pytest.approx(0.02, rel=0.15)
+    assert profile.quantum == 0.0
+    assert not profile.clean and profile.step is not None
+
+
+@pytest.mark.parametrize("bits", [5, 8])
+def test_adc_step_is_recovered_with_and_without_noise(bits):
+    spacing = 1.0 / (2**bits - 1)
+    noisy = bg.calibrate(Quantized(Noisy(SHG(), std=0.01, seed=2), bits=bits, low=0.0, high=1.0), X)
+    assert noisy.quantum == pytest.approx(spacing, rel=1e-3)
+    # the spread of repeated readings: the noise, widened (or, at 5 bits, hidden) by the rounding
+    assert 0.0 < noisy.noise < 0.01 + spacing
+    quiet = bg.calibrate(Quantized(SHG(), bits=bits, low=0.0, high=1.0), X)
+    assert quiet.noise == 0.0 and quiet.quantum == pytest.approx(spacing, rel=1e-3)
+    assert quiet.step is not None  # a step below one level would measure nothing
+
+
+def test_a_clean_float_function_keeps_the_dtype_steps():
+    profile = bg.calibrate(SHG(), X)
+    assert profile.clean and profile.step is None and profile.noise == 0.0 and profile.quantum == 0.0
+    assert "clean" in repr(profile)
+    estimator = SPSA()
+    estimator.calibrate(profile)
+    assert estimator.probe_step(torch.float32, 2) == pytest.approx(torch.finfo(torch.float32).eps ** (1 / 3))
+
+
+def test_noisier_devices_get_larger_steps_about_as_the_square_root_of_the_noise():
+    steps = [bg.calibrate(Noisy(SHG(), std=std, seed=4), X).step for std in (0.0025, 0.02)]
+    # the optimum balances noise/h against curvature·h: 8× the noise, about √8 ≈ 2.8× the step
+    assert 2.0 <= steps[1] / steps[0] <= 4.0
+
+
+def test_calibration_spends_exactly_its_stated_evaluations_and_counts_them_as_their_own_kind():
+    device = Counting(Noisy(SHG(), std=0.01, seed=0))
+    box = bg.BlackBox(device, SPSA(directions=2), params=SHG().default_params())
+    x = X.clone().requires_grad_(True)
+    box(x).sum().backward()
+    stated = calibration_cost(8, 8, 2)
+    assert stated == 8 * (8 + 2 * len(STEP_GRID)) == box.profile.evaluations
+    assert box.calls.calibration == stated
+    assert (box.calls.forward, box.calls.probe) == (32, 2 * 2 * 32)
+    assert device.samples == box.calls.total == 32 + 128 + stated
+    # the estimator now probes with the calibrated step
+    assert box.estimator.probe_step(torch.float32, 2) == box.profile.step
+
+
+def test_blackbox_calibrates_once_and_only_when_a_probing_gradient_is_needed():
+    device = Noisy(SHG(), std=0.01, seed=0)
+    box = bg.BlackBox(device, SPSA())
+    with torch.no_grad():
+        box(X)
+    box.eval()
+    box(X.clone().requires_grad_(True)).sum().backward()
+    assert box.profile is None and box.calls.calibration == 0  # evaluation mode: no calibration
+    box.train()
+    for _ in range(2):
+        box(X.clone().requires_grad_(True)).sum().backward()
+    assert box.calls.calibration == calibration_cost(8, 8, 2)
+    # told a step, an estimator needs no profile; told not to, a box never calibrates
+    told = bg.BlackBox(device, SPSA(step=0.05))
+    told(X.clone().requires_grad_(True)).sum().backward()
+    assert told.profile is None and told.calls.calibration == 0
+    off = bg.BlackBox(device, SPSA(), calibrate=False)
+    off(X.clone().requires_grad_(True)).sum().backward()
+    assert off.profile is None and off.calls.calibration == 0
+
+
+def test_a_given_profile_is_used_without_evaluations_and_round_trips_through_state_dict():
+    profile = bg.calibrate(Noisy(SHG(), std=0.01, seed=0), X)
+    assert bg.DeviceProfile.from_state_dict(profile.state_dict()) == profile
+    box = bg.BlackBox(Noisy(SHG(), std=0.01, seed=0), FiniteDifference(scheme="forward"), calibrate=profile)
+    box(X[:4].clone().requires_grad_(True)).sum().backward()
+    assert box.calls.calibration == 0
+    assert box.estimator.probe_step(torch.float32) == profile.step
+    clone = bg.BlackBox(Noisy(SHG(), std=0.01, seed=0), FiniteDifference(scheme="forward"))
+    clone.load_state_dict(box.state_dict())
+    assert clone.profile == profile and clone.estimator.probe_step(torch.float32) == profile.step
+
+
+def test_learned_estimators_take_their_step_from_the_profile():
+    device = Noisy(SHG(), std=0.01, seed=0)
+    box = bg.BlackBox(device, LearnedJacobian(hidden=(8,), rank=2), params=SHG().default_params())
+    box(X.clone().requires_grad_(True)).sum().backward()
+    assert box.profile is not None
+    assert box.estimator.buffer.data["step"][0].item() == pytest.approx(box.profile.step)
+    # a twin that does not probe needs no calibration
+    assert not DigitalTwin(probes=0).needs_profile
+
+
+def test_bad_calibration_options_are_refused_with_their_names():
+    with pytest.raises(ValueError, match="points"):
+        bg.calibrate(SHG(), X, points=0)
+    with pytest.raises(ValueError, match="repeats"):
+        bg.calibrate(SHG(), X, repeats=1)
+    with pytest.raises(ValueError, match="snr"):
+        bg.calibrate(SHG(), X, snr=math.nan)
+    with pytest.raises(ValueError, match="non-empty batch"):
+        bg.calibrate(SHG(), X[:0])
+    with pytest.raises(TypeError, match="calibrate must be True, False or a DeviceProfile"):
+        bg.BlackBox(SHG(), calibrate="yes")
+    with pytest.raises(ValueError, match="missing"):
+        bg.DeviceProfile.from_state_dict({"noise": 0.1})
+
+
+def test_nan_and_infinite_steps_are_refused_at_construction():
+    for bad in (math.nan, math.inf, -0.1, True):
+        with pytest.raises(ValueError, match="step must be a positive number"):
+            FiniteDifference(step=bad)
+        with pytest.raises(ValueError, match="step must be a positive number"):
+            LearnedJacobian(step=bad)
