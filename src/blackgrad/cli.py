@@ -50,15 +50,23 @@ def demo(
 def bench(
     out: Optional[Path] = typer.Option(None, help="run folder (default runs/bench-<time>)"),
     quick: bool = typer.Option(False, help="smoke run: small data, 1 epoch, 1 seed, the main task only unless --tasks"),
-    tasks: Optional[str] = typer.Option(None, help="comma-separated task names (default: all)"),
-    methods: Optional[str] = typer.Option(None, help="comma-separated method names (default: each task's list)"),
-    seeds: Optional[int] = typer.Option(None, help="number of seeds 0, 1, ... (default 3; 1 with --quick)"),
+    section: str = typer.Option(
+        "main",
+        help="main: the estimators as tuned for each task; defaults: every estimator class with its defaults, "
+        "beside exact and readout-only, on every task",
+    ),
+    tasks: Optional[str] = typer.Option(None, help="comma-separated task names (default: all of the section's)"),
+    methods: Optional[str] = typer.Option(None, help="comma-separated method names (default: the section's list for each task)"),
+    seeds: Optional[int] = typer.Option(None, help="number of seeds 0, 1, ... (default 3, 1 in the defaults section; 1 with --quick)"),
     jobs: Optional[int] = typer.Option(None, help="runs trained at once, one process and one torch thread each (default: one per core)"),
 ) -> None:
     """Compare gradient estimators side by side on simulated physical devices."""
-    from .bench import run_benchmark
+    from .bench import SECTION_SEEDS, SECTIONS, run_benchmark
 
-    seeds = seeds if seeds is not None else (1 if quick else 3)
+    if section not in SECTIONS:
+        typer.echo(f"unknown section {section!r}; known sections: {', '.join(SECTIONS)}", err=True)
+        raise typer.Exit(2)
+    seeds = seeds if seeds is not None else (1 if quick else SECTION_SEEDS[section])
     if seeds < 1:
         typer.echo("--seeds must be at least 1", err=True)
         raise typer.Exit(2)
@@ -71,7 +79,13 @@ def bench(
     folder = _run_folder("bench", out)
     try:
         summary = run_benchmark(
-            folder, quick=quick, task_names=task_names, method_names=method_names, seeds=tuple(range(seeds)), jobs=jobs
+            folder,
+            quick=quick,
+            task_names=task_names,
+            method_names=method_names,
+            seeds=tuple(range(seeds)),
+            jobs=jobs,
+            section=section,
         )
     except ValueError as err:
         typer.echo(str(err), err=True)

@@ -2,6 +2,11 @@
 
 Every method trains the same hybrid physical–digital model on the same data
 split, seeds and simulated device, in one run; see :func:`run_benchmark`.
+
+Two sections (:data:`SECTIONS`): ``main`` compares the estimators as tuned
+for each task; ``defaults`` builds every estimator class with its class
+defaults, as a new user would, beside exact backprop and readout-only
+training, on every task.
 """
 
 from __future__ import annotations
@@ -18,11 +23,69 @@ import torch
 from tqdm.auto import tqdm
 
 from . import report
-from .methods import METHODS, Method
+from .methods import DEFAULTS_BASELINES, METHODS, SECTIONS, Method
 from .runner import run_one
 from .tasks import Task, tasks
 
-__all__ = ["run_benchmark", "METHODS", "Method", "Task", "tasks", "run_one"]
+__all__ = ["run_benchmark", "plan", "section_methods", "METHODS", "SECTIONS", "Method", "Task", "tasks", "run_one"]
+
+#: seeds a section runs when none are given (the CLI's default; ``--quick`` runs one):
+#: the defaults section runs every estimator class on every task, so one seed keeps it
+#: within about 25 minutes on two cores
+SECTION_SEEDS = {"main": 3, "defaults": 1}
+
+
+def section_methods(task: Task, section: str) -> tuple[str, ...]:
+    """The methods ``section`` runs on ``task`` when none are named.
+
+    ``main``: the task's own list (``task.methods``), or every main-section
+    method.  ``defaults``: exact backprop and readout-only (what each row is
+    read against) and every defaults-section method, on every task.
+    """
+    if section not in SECTIONS:
+        raise ValueError(f"unknown section {section!r}; known sections: {', '.join(SECTIONS)}")
+    if section == "defaults":
+        exact, readout = DEFAULTS_BASELINES
+        return (exact, *(name for name, m in METHODS.items() if m.section == "defaults"), readout)
+    return task.methods or tuple(name for name, m in METHODS.items() if m.section == "main")
+
+
+def plan(
+    quick: bool = False,
+    task_names: Sequence[str] | None = None,
+    method_names: Sequence[str] | None = None,
+    seeds: Sequence[int] = (0, 1, 2),
+    section: str = "main",
+) -> list[tuple[str, str, int]]:
+    """The (task, method, seed) runs :func:`run_benchmark` trains, in order.
+
+    Tasks: those named, or else every task of ``section`` (``task.sections``;
+    ``quick``: the main task alone).  Methods: those named that may run on
+    the task in some section, or else :func:`section_methods`.
+    """
+    if section not in SECTIONS:
+        raise ValueError(f"unknown section {section!r}; known sections: {', '.join(SECTIONS)}")
+    table = tasks()
+    default_tasks = ["digits-shg"] if quick else [name for name, task in table.items() if section in task.sections]
+    for name in task_names or []:
+        if name not in table:
+            raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(table)}")
+    for name in method_names or []:
+        if name not in METHODS:
+            raise ValueError(f"unknown method {name!r}; known methods: {', '.join(METHODS)}")
+    runs = []
+    for task in [table[name] for name in (task_names or default_tasks)]:
+        if method_names:
+            allowed = set(section_methods(task, "main")) | set(section_methods(task, "defaults"))
+            chosen = [m for m in method_names if m in allowed]
+            if not chosen:
+                raise ValueError(
+                    f"none of the methods asked for runs on task {task.name!r}; its methods: {', '.join(sorted(allowed))}"
+                )
+        else:
+            chosen = list(section_methods(task, section))
+        runs += [(task.name, method, seed) for method in chosen for seed in seeds]
+    return runs
 
 
 def run_benchmark(
@@ -34,11 +97,14 @@ def run_benchmark(
     progress: bool = True,
     threads: int | None = 1,
     jobs: int = 1,
+    section: str = "main",
 ) -> dict[str, Any]:
     """Run every (task, method, seed), write tables and figures into ``out``; return the summary.
 
     ``quick``: small data and few epochs, and — unless tasks are named — the
     main task alone: a smoke run well under a minute.
+    ``section``: which part of the benchmark runs when no tasks or methods
+    are named (:func:`plan`): ``"main"`` or ``"defaults"``.
     ``threads``: torch threads per run (default 1: the batches are small, so
     threading overhead outweighs the gain, and one busy core does not stall
     the run; None leaves torch's setting).
@@ -48,54 +114,42 @@ def run_benchmark(
     ``jobs > 1`` only the built-in :func:`tasks` and :data:`METHODS` run, not
     entries a caller added or replaced at run time.
     """
-    table = tasks()
-    default_tasks = ["digits-shg"] if quick else list(table)
-    for name in task_names or []:
-        if name not in table:
-            raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(table)}")
-    for name in method_names or []:
-        if name not in METHODS:
-            raise ValueError(f"unknown method {name!r}; known methods: {', '.join(METHODS)}")
+    runs = plan(quick, task_names, method_names, seeds, section)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a positive int, got {jobs!r}")
-    selected = [table[name] for name in (task_names or default_tasks)]
-    plan = []
-    for task in selected:
-        allowed = task.methods or tuple(METHODS)
-        chosen = [m for m in (method_names or allowed) if m in allowed]
-        if not chosen:
-            raise ValueError(f"none of the methods asked for runs on task {task.name!r}; its methods: {', '.join(allowed)}")
-        plan += [(task.name, method, seed) for method in chosen for seed in seeds]
+    table = tasks()
+    selected = [table[name] for name in dict.fromkeys(task for task, _, _ in runs)]
     Path(out).mkdir(parents=True, exist_ok=True)
     records = []
-    bar = tqdm(total=len(plan), disable=not progress, desc="benchmark")
+    bar = tqdm(total=len(runs), disable=not progress, desc="benchmark")
     # one line per finished run: an interrupted benchmark keeps what it measured
     with open(Path(out) / "records.jsonl", "a") as log:
-        for record in _execute(plan, quick, threads, jobs):
+        for record in _execute(runs, quick, threads, jobs):
             records.append(record)
             log.write(json.dumps(record) + "\n")
             log.flush()
             bar.set_postfix_str(f"{record['task']} {record['method']} seed {record['seed']}")
             bar.update()
     bar.close()
-    order = {run: index for index, run in enumerate(plan)}
+    order = {run: index for index, run in enumerate(runs)}
     records.sort(key=lambda r: order[(r["task"], r["method"], r["seed"])])
-    workers = min(jobs, len(plan))
+    workers = min(jobs, len(runs))
     threads_per_run = threads if threads is not None else (1 if workers > 1 else torch.get_num_threads())
+    mode = ("quick" if quick else "full") + (f", {section} section" if section != "main" else "")
     header = (
-        f"Benchmark ({'quick' if quick else 'full'}): seeds {list(seeds)}, "
+        f"Benchmark ({mode}): seeds {list(seeds)}, "
         f"torch {torch.__version__}, {platform.machine()}, {threads_per_run} torch thread(s) per run, "
         f"{workers} run(s) at once."
     )
     return report.write(records, Path(out), {t.name: t.title for t in selected}, header)
 
 
-def _execute(plan: list[tuple[str, str, int]], quick: bool, threads: int | None, jobs: int) -> Iterator[dict[str, Any]]:
+def _execute(runs: list[tuple[str, str, int]], quick: bool, threads: int | None, jobs: int) -> Iterator[dict[str, Any]]:
     """Yield the record of each planned run as it finishes: in this process, or in ``jobs`` workers."""
-    if jobs == 1 or len(plan) == 1:
+    if jobs == 1 or len(runs) == 1:
         previous = torch.get_num_threads()
         try:
-            for run in plan:
+            for run in runs:
                 yield _run_planned(*run, quick, threads)
         finally:
             torch.set_num_threads(previous)
@@ -104,8 +158,8 @@ def _execute(plan: list[tuple[str, str, int]], quick: bool, threads: int | None,
     context = multiprocessing.get_context("spawn")
     # workers that each took torch's default of one thread per core would oversubscribe the cores
     per_worker = threads if threads is not None else 1
-    with ProcessPoolExecutor(max_workers=min(jobs, len(plan)), mp_context=context) as pool:
-        futures = [pool.submit(_run_planned, *run, quick, per_worker) for run in plan]
+    with ProcessPoolExecutor(max_workers=min(jobs, len(runs)), mp_context=context) as pool:
+        futures = [pool.submit(_run_planned, *run, quick, per_worker) for run in runs]
         try:
             for future in as_completed(futures):
                 yield future.result()

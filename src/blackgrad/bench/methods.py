@@ -27,16 +27,29 @@ class Method:
 
     ``make(device, task, seed)`` builds the estimator for one black box
     (``task.probe_step`` is the perturbation size, :func:`embedding` the
-    task's input features for learned models);
+    task's input features for learned models); a ``make`` that returns None
+    leaves the box to :class:`~blackgrad.module.BlackBox`'s own default;
     ``pretrain`` is the twin's pre-training budget in evaluations per
-    training sample per epoch (amortised into the reported cost).
+    training sample per epoch (amortised into the reported cost);
+    ``section`` the part of the benchmark the method belongs to
+    (:data:`SECTIONS`).
     """
 
     name: str
     label: str
     kind: str = "gradient"
-    make: Callable[[Device, Any, int], Estimator] | None = None
+    make: Callable[[Device, Any, int], Estimator | None] | None = None
     pretrain: float = 0.0
+    section: str = "main"
+
+
+#: the benchmark's sections: ``main`` compares the estimators as tuned for each task (its
+#: probe step, Fourier features, probe counts); ``defaults`` builds every estimator class
+#: as a new user would, with its class defaults
+SECTIONS = ("main", "defaults")
+
+#: the main-section methods every defaults-section table is read against
+DEFAULTS_BASELINES = ("exact", "readout-only")
 
 
 def embedding(device: Device, task: Any) -> FourierFeatures | None:
@@ -116,5 +129,22 @@ METHODS: dict[str, Method] = {
         ),
         Method("readout-only", "readout only (reservoir computing)", kind="readout"),
         Method("cma-es", "separable CMA-ES on all digital parameters", kind="cma"),
+        # The defaults section: each class as a new user would build it, no options but seed=
+        # (none of the task's probe step, Fourier features or tuned sizes).  Whatever a class's
+        # defaults are when the benchmark runs is what it measures.
+        *(
+            Method(name, f"{label} (defaults)", make=make, section="defaults")
+            for name, label, make in [
+                ("default", "BlackBox(device) with no estimator", lambda d, t, seed: None),
+                ("default-fd", "FiniteDifference()", lambda d, t, seed: FiniteDifference()),
+                ("default-spsa", "SPSA()", lambda d, t, seed: SPSA(seed=seed)),
+                ("default-least-squares", "LeastSquares()", lambda d, t, seed: LeastSquares(seed=seed)),
+                ("default-broyden", "Broyden()", lambda d, t, seed: Broyden(seed=seed)),
+                ("default-twin", "DigitalTwin()", lambda d, t, seed: DigitalTwin(seed=seed)),
+                ("default-learned-jacobian", "LearnedJacobian()", lambda d, t, seed: LearnedJacobian(seed=seed)),
+                ("default-learned-vjp", "LearnedVJP()", lambda d, t, seed: LearnedVJP(seed=seed)),
+                ("default-unbiased-twin", "Unbiased(DigitalTwin())", lambda d, t, seed: Unbiased(DigitalTwin(seed=seed), seed=seed + 1)),
+            ]
+        ),
     ]
 }

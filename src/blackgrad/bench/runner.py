@@ -47,7 +47,8 @@ def build(task: Task, method: Method, data: Data, seed: int) -> HybridNet:
     devices = [task.device(seed * 100 + layer) for layer in range(task.layers)]
     estimators = []
     for layer, device in enumerate(devices):
-        # readout-only and CMA-ES never backpropagate through a box; any estimator will do
+        # readout-only and CMA-ES never backpropagate through a box; any estimator will do.
+        # A make that returns None leaves the box to BlackBox's own default estimator.
         make = method.make if method.make is not None else METHODS["exact"].make
         estimators.append(make(device, task, seed * 100 + layer))
     return HybridNet(data.n_features, data.n_classes, devices, estimators, normalize=task.normalize)
@@ -111,7 +112,15 @@ def run_one(task: Task, method_name: str, seed: int, data: Data, epochs: int) ->
         "cosine_curve": cosines,
         "curve": curve,
         "wall_seconds": wall,
+        # the class that supplied the backward (for the defaults section's BlackBox default)
+        "estimator": _describe(model.boxes[0].estimator),
     }
+
+
+def _describe(estimator: Any) -> str:
+    """``Unbiased(DigitalTwin)``, ``FiniteDifference``: the class, and an inner estimator's."""
+    inner = getattr(estimator, "inner", None)
+    return type(estimator).__name__ + (f"({_describe(inner)})" if inner is not None else "")
 
 
 def _train_cma(task: Task, model: HybridNet, data: Data, epochs: int, seed: int, curve: list) -> None:

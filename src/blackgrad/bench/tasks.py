@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ..devices import SHG, Device, Noisy, Oscillators, Quantized
+from ..devices import SHG, Device, Drifting, Noisy, Oscillators, Quantized
 from ..estimators.base import Estimator
 from ..module import BlackBox
 
@@ -78,6 +78,41 @@ def shg_gentle_lab(seed: int = 0) -> Device:
     return noisy_quantized(SHG(phase_scale=math.pi), noise=0.01, bits=8, seed=seed)
 
 
+#: the drifting task's random-walk step per device call (see :func:`shg_drifting_lab`)
+DRIFT_RATE = 1.5e-3
+
+
+def shg_drifting_lab(seed: int = 0) -> Device:
+    """The main device whose optics drift: :class:`Drifting` SHG, then 1 % noise and the 8-bit ADC.
+
+    The drift (a hidden per-output gain and offset, random walks of
+    :data:`DRIFT_RATE` per device call) sits in the optics, before the noise
+    and the spectrometer's ADC.  SHG outputs are about 0.15 on average, so the
+    offset, ``rate · sqrt(calls)`` in output units, dominates.  A training run
+    that only runs forward makes ~420 calls (20 epochs of 20 batches, and the
+    20 tests): the response at fixed inputs then moves by 18 % of its rms on
+    average (13–23 % over 20 seeds).  :class:`Drifting` steps once per call,
+    and a call holds one θ: a method that probes in calls of its own sees more
+    drift (one probe per sample, ~840 calls: 26 %; forward differences in
+    θ, 18 calls a step: 69 %), as a slower measurement would in the lab.
+    """
+    return noisy_quantized(Drifting(SHG(), rate=DRIFT_RATE, seed=seed), noise=0.01, bits=8, seed=seed)
+
+
+def shg_coarse_lab(seed: int = 0) -> Device:
+    """SHG with 1 % noise and a coarse 5-bit ADC (32 levels over [0, 1], a step of 0.032)."""
+    return noisy_quantized(SHG(), noise=0.01, bits=5, seed=seed)
+
+
+def shg_wide_lab(seed: int = 0) -> Device:
+    """A wide SHG: 64 inputs, 64 phase parameters, 64 outputs, 1 % noise and an 8-bit ADC.
+
+    256 spectral bins keep two bins per mask block (the default SHG has four);
+    the SH window then holds 384 bins, six per output.
+    """
+    return noisy_quantized(SHG(in_features=64, out_features=64, n_params=64, n_bins=256), noise=0.01, bits=8, seed=seed)
+
+
 def oscillators_lab(seed: int = 0) -> Device:
     """Coupled Duffing oscillators read out with 1 % (of the output scale) noise.
 
@@ -93,7 +128,12 @@ class Task:
 
     ``probe_step`` is the perturbation size every probing estimator uses on
     this task: on a noisy, quantized device it must move the output by more
-    than the noise and the ADC step, far above the float32 default.
+    than the noise and the ADC step, far above the float32 default.  (The
+    defaults section ignores it: its estimators keep their class defaults.)
+
+    ``methods`` restricts the main section on this task; the defaults section
+    runs all of its methods everywhere.  ``sections`` names the sections whose
+    run, when no tasks are named, includes this task.
     """
 
     name: str
@@ -109,7 +149,8 @@ class Task:
     frequencies: tuple[float, ...] = ()  # Fourier input features of learned models (empty: none)
     pretrain_epochs: int = 40
     normalize: bool = False  # batch-normalise each device's output before the next digital layer
-    methods: tuple[str, ...] | None = None  # None: every method
+    methods: tuple[str, ...] | None = None  # the main section's methods here (None: all of them)
+    sections: tuple[str, ...] = ("main", "defaults")  # the sections whose default run includes this task
     notes: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -118,7 +159,8 @@ class HybridNet(nn.Module):
     """Digital → physical → … → digital: ``layers`` black boxes, each after a Linear+tanh.
 
     The tanh keeps every device input in ``[-1, 1]``, the range the devices
-    are specified for.  Each black box owns its device parameters θ.
+    are specified for.  Each black box owns its device parameters θ.  An estimator of None
+    leaves the box to :class:`~blackgrad.module.BlackBox`'s own default.
 
     With ``normalize``, each device's output is batch-normalised before the
     next Linear (and the readout).  Without it a stack fades: an SHG layer's
@@ -128,7 +170,12 @@ class HybridNet(nn.Module):
     """
 
     def __init__(
-        self, n_features: int, n_classes: int, devices: list[Device], estimators: list[Estimator], normalize: bool = False
+        self,
+        n_features: int,
+        n_classes: int,
+        devices: list[Device],
+        estimators: list[Estimator | None],
+        normalize: bool = False,
     ):
         super().__init__()
         self.encoders = nn.ModuleList()
@@ -220,6 +267,47 @@ def tasks() -> dict[str, Task]:
                     "three noisy 8-bit SHG layers (phase ±π) with digital BatchNorm, Linear and tanh "
                     "between them: errors compound"
                 ),
+            ),
+            # Three devices a method that claims to work on any device must survive.  They run in
+            # the defaults section; the main section runs its core methods on them when named
+            # (``--tasks``), but its default run leaves them out to keep its cost.
+            Task(
+                "digits-drift-shg",
+                "digits through slowly drifting noisy 8-bit SHG",
+                lambda quick: digits(200 if quick else None),
+                shg_drifting_lab,
+                frequencies=SHG_FREQUENCIES,
+                methods=core,
+                sections=("defaults",),
+                notes=(
+                    f"the main task's SHG with a hidden per-output gain and offset drifting as random walks "
+                    f"({DRIFT_RATE:g} per device call, before the noise and ADC): the response moves by "
+                    "about 18 % over a forward-only training run, more for methods that probe in calls of "
+                    "their own, so a twin frozen after pre-training goes stale"
+                ),
+            ),
+            Task(
+                "digits-coarse-shg",
+                "digits through noisy SHG with a 5-bit ADC",
+                lambda quick: digits(200 if quick else None),
+                shg_coarse_lab,
+                frequencies=SHG_FREQUENCIES,
+                # twice the main task's step: a one-sided difference at 0.02 mostly sees the
+                # 0.032 ADC step and the noise (forward-difference VJP cosine 0.26 at 0.02, 0.43 at 0.04)
+                probe_step=0.04,
+                methods=core,
+                sections=("defaults",),
+                notes="the main task's SHG, 1 % noise, 5-bit ADC: 32 levels over [0, 1]",
+            ),
+            Task(
+                "digits-wide-shg",
+                "digits through a wide (64 → 64) noisy 8-bit SHG",
+                lambda quick: digits(200 if quick else None),
+                shg_wide_lab,
+                frequencies=SHG_FREQUENCIES,
+                methods=core,
+                sections=("defaults",),
+                notes="SHG with 64 inputs, 64 trainable phase blocks, 64 outputs (256 spectral bins), 1 % noise, 8-bit ADC",
             ),
         ]
     }
