@@ -1,0 +1,127 @@
+"""The learned estimators' lifecycle, fidelity monitor and gate."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import blackgrad as bg
+from blackgrad.estimators import DigitalTwin, LearnedJacobian, LearnedVJP
+from blackgrad.nets import ConstantJacobian
+
+N, M = 6, 4
+A = torch.randn(M, N, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+
+def linear(x):
+    return x @ A.T
+
+
+def batch(seed, rows=32):
+    return torch.randn(rows, N, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
+def structured(matrix, **options):
+    model = ConstantJacobian(M, N).double()
+    with torch.no_grad():
+        model.matrix.copy_(matrix)
+    return LearnedJacobian(model=model, step=1e-4, **options)
+
+
+def responses(model, rows):
+    predicted = (torch.einsum("bmd,bd->bm", model(rows["alpha"]), rows["direction"]) * rows["grad_out"]).sum(1)
+    measured = (rows["grad_out"] * rows["slope"]).sum(1)
+    return nn.functional.cosine_similarity(predicted, measured, dim=0).item()
+
+
+def test_fidelity_is_scored_on_new_rows_before_the_model_trains_on_them():
+    start = 0.3 * A.flip(1)
+    estimator = structured(start, lr=0.05, updates=200, gate=None)
+    untouched = structured(start)
+    box = bg.BlackBox(linear, estimator, calibrate=False)
+    box(batch(1).requires_grad_(True)).backward(batch(2)[:, :M])
+    rows = {k: v[: len(estimator.buffer)] for k, v in estimator.buffer.data.items()}
+    trained = responses(estimator.model, rows)
+    assert estimator.fidelity.rows == 32
+    assert trained > 0.99  # after 200 updates on these very rows the model fits them
+    # the score is that of the model as it was when the rows arrived
+    assert estimator.fidelity.cosine == pytest.approx(responses(untouched.model, rows), abs=1e-9)
+    assert estimator.fidelity.cosine < trained - 0.2
+
+
+def test_the_gate_keeps_a_wrong_model_from_moving_the_upstream_layers():
+    torch.manual_seed(0)
+    upstream = nn.Linear(N, N).double()
+    wrong = structured(-A, updates=0, gate_rows=32)  # anti-aligned with the device, and never trained
+    model = nn.Sequential(upstream, bg.BlackBox(linear, wrong, calibrate=False))
+    for step in range(3):
+        model(batch(step)).pow(2).sum().backward()
+    assert wrong.fidelity.cosine < -0.99
+    assert upstream.weight.grad.abs().max().item() == 0.0 and upstream.bias.grad.abs().max().item() == 0.0
+    # without the gate the same wrong model pushes the upstream layer the wrong way
+    open_gate = structured(-A, updates=0, gate=None)
+    loose = nn.Sequential(copy.deepcopy(upstream), bg.BlackBox(linear, open_gate, calibrate=False))
+    loose[0].zero_grad()
+    loose(batch(0)).pow(2).sum().backward()
+    assert loose[0].weight.grad.abs().max().item() > 0
+
+
+def test_the_gate_opens_for_a_good_model_once_enough_rows_were_scored():
+    good = structured(A.clone(), updates=0, gate_rows=64)
+    box = bg.BlackBox(linear, good, calibrate=False)
+    x = batch(3).requires_grad_(True)
+    box(x).backward(torch.ones(32, M, dtype=torch.float64))
+    assert good.gate_factor() == 0.0 and x.grad.abs().max().item() == 0.0  # 32 of 64 rows: still closed
+    x.grad = None
+    box(x).backward(torch.ones(32, M, dtype=torch.float64))
+    assert good.fidelity.cosine > 0.999 and good.gate_factor() == 1.0
+    assert torch.allclose(x.grad, torch.ones(32, M, dtype=torch.float64) @ A, atol=1e-6)
+    assert box.fidelity is good.fidelity or box.fidelity == good.fidelity
+
+
+def test_fidelity_survives_state_dict():
+    estimator = structured(0.5 * A, updates=1)
+    box = bg.BlackBox(linear, estimator, calibrate=False)
+    box(batch(4).requires_grad_(True)).sum().backward()
+    clone = bg.BlackBox(linear, structured(0.5 * A, updates=1), calibrate=False)
+    clone.load_state_dict(box.state_dict())
+    assert clone.fidelity == box.fidelity and clone.estimator.gate_factor() == estimator.gate_factor()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: DigitalTwin(hidden=(8,), probes=1.0, slope_weight=1.0, updates=3, step=1e-3),
+        lambda: DigitalTwin(hidden=(8,), updates=3),
+        lambda: LearnedJacobian(hidden=(8,), updates=3, step=1e-3),
+        lambda: LearnedVJP(hidden=(8,), rank=4, updates=3, step=1e-3),
+    ],
+)
+def test_each_backward_pass_takes_exactly_the_stated_optimiser_steps(make):
+    estimator = make()
+    box = bg.BlackBox(torch.tanh, estimator, calibrate=False)
+    for step in range(2):
+        box(batch(step).requires_grad_(True)).sum().backward()
+    # forward data and probe rows are only stored; training happens once, in the backward pass
+    assert len(estimator.train_losses) == 2 * 3
+
+
+def test_a_twin_without_probes_is_not_gated_and_says_it_has_no_fidelity():
+    twin = DigitalTwin(hidden=(8,), updates=1)
+    box = bg.BlackBox(torch.tanh, twin, calibrate=False)
+    x = batch(5).requires_grad_(True)
+    box(x).sum().backward()
+    assert twin.fidelity is None and twin.gate_factor() == 1.0 and x.grad.abs().max().item() > 0
+
+
+@pytest.mark.parametrize("bad", [(0.3, 0.1), (0.1,), "on", (float("nan"), 0.5), (True, 0.5), (-2.0, 0.5)])
+def test_bad_gates_are_refused(bad):
+    with pytest.raises(ValueError, match="gate must be None or two cosines"):
+        LearnedJacobian(gate=bad)
+
+
+def test_bad_gate_rows_are_refused():
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="gate_rows"):
+            LearnedVJP(gate_rows=bad)
