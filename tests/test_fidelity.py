@@ -125,3 +125,28 @@ def test_bad_gate_rows_are_refused():
     for bad in (-1, 2.5, True):
         with pytest.raises(ValueError, match="gate_rows"):
             LearnedVJP(gate_rows=bad)
+
+
+def test_inputs_and_parameters_are_scored_and_gated_apart():
+    """A model right about the inputs and wrong about θ passes the input gradient and withholds θ's."""
+    P = 3
+    B_ = torch.randn(M, P, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+
+    def device(x, theta):
+        return x @ A.T + theta @ B_.T
+
+    model = ConstantJacobian(M, N + P).double()
+    with torch.no_grad():
+        model.matrix.copy_(torch.cat([A, -B_], 1))
+    estimator = LearnedJacobian(model=model, step=1e-4, updates=0, gate_rows=16)
+    box = bg.BlackBox(device, estimator, params=torch.zeros(P, dtype=torch.float64), calibrate=False)
+    for seed in range(3):
+        x = batch(seed).requires_grad_(True)
+        box.params.grad = None
+        box(x).backward(torch.ones(32, M, dtype=torch.float64))
+    inputs, params = estimator.part_fidelity("inputs"), estimator.part_fidelity("params")
+    # every row moved one part only, so each part was measured on its own rows
+    assert inputs.rows + params.rows == 3 * 32 and min(inputs.rows, params.rows) >= 16
+    assert inputs.cosine > 0.999 and params.cosine < -0.999
+    assert torch.allclose(x.grad, torch.ones(32, M, dtype=torch.float64) @ A, atol=1e-6)
+    assert box.params.grad.abs().max().item() == 0.0

@@ -229,9 +229,10 @@ class LearnedEstimator(Estimator):
         self.train_losses: list[float] = []
         self.gate = gate
         self.gate_rows = gate_rows
-        # running sums Σ p·t, Σ p², Σ t² of scored rows, and their count
-        self._scores = torch.zeros(3, dtype=torch.float64)
-        self._scored_rows = 0
+        # per part (inputs, params): running sums Σ p·t, Σ p², Σ t² of scored rows, and their count
+        self._scores = torch.zeros(2, 3, dtype=torch.float64)
+        self._scored_rows = [0, 0]
+        self._shared: Tensor | None = None  # (d,) which coordinates are θ, once known
 
     # ------------------------------------------------------- subclass hooks
     @abc.abstractmethod
@@ -252,48 +253,69 @@ class LearnedEstimator(Estimator):
 
     # ------------------------------------------------------------- contract
     def vjp(self, prober, query: VJPQuery) -> Tensor:
-        self.prepare(query.dim, query.y.shape[1], query.alpha)
+        self.prepare(query.dim, query.y.shape[1], query.alpha, shared=query.shared)
         if self.probe_cost(query.n_active, query.y.shape[1], query.batch) > 0:
             self.record(*self.probe(prober, query))
         self.update()
         with torch.no_grad():
-            return self.predict_vjp(query.alpha, query.grad_out) * self.gate_factor()
+            grad = self.predict_vjp(query.alpha, query.grad_out)
+        shared = query.shared.to(grad.device)
+        return torch.where(shared, grad * self.gate_factor("params"), grad * self.gate_factor("inputs"))
 
     @property
     def needs_profile(self) -> bool:
         return self.step is None and self.probes > 0
 
     # ------------------------------------------------------------ fidelity
-    @property
-    def fidelity(self) -> Fidelity | None:
-        """The running fidelity of the model on rows it had not trained on; None before any."""
-        if self._scored_rows == 0:
-            return None
-        pt, pp, tt = self._scores.tolist()
-        cosine = pt / math.sqrt(pp * tt) if pp > 0 and tt > 0 else 0.0
-        relative = (pp - 2 * pt + tt) / tt if tt > 0 else float("inf")
-        return Fidelity(cosine=cosine, relative_error=relative, rows=self._scored_rows)
-
+    #: the parts of ``α`` scored and gated apart: the inputs ``x`` and the device parameters ``θ``
+    PARTS = ("inputs", "params")
     #: weight kept by the running fidelity sums at each scored batch
     FIDELITY_DECAY = 0.9
 
-    def gate_factor(self) -> float:
-        """The factor the VJP is passed upstream with (see ``gate``)."""
-        if self.gate is None or self._scored_rows == 0 and self.probes == 0:
+    @property
+    def fidelity(self) -> Fidelity | None:
+        """The running fidelity on the inputs' rows (rows it had not trained on); None before any."""
+        return self.part_fidelity("inputs")
+
+    def part_fidelity(self, part: str) -> Fidelity | None:
+        """The running fidelity of the rows that moved ``part`` (``"inputs"`` or ``"params"``)."""
+        index = self.PARTS.index(part)
+        rows = self._scored_rows[index]
+        if rows == 0:
+            return None
+        pt, pp, tt = self._scores[index].tolist()
+        cosine = pt / math.sqrt(pp * tt) if pp > 0 and tt > 0 else 0.0
+        relative = (pp - 2 * pt + tt) / tt if tt > 0 else float("inf")
+        return Fidelity(cosine=cosine, relative_error=relative, rows=rows)
+
+    def gate_factor(self, part: str = "inputs") -> float:
+        """The factor the VJP of ``part`` is passed upstream with (see ``gate``)."""
+        rows = self._scored_rows[self.PARTS.index(part)]
+        if self.gate is None or sum(self._scored_rows) == 0 and self.probes == 0:
             return 1.0
-        if self._scored_rows < self.gate_rows:
+        if rows < self.gate_rows:
             return 0.0
         low, high = self.gate
-        return min(max((self.fidelity.cosine - low) / (high - low), 0.0), 1.0)
+        return min(max((self.part_fidelity(part).cosine - low) / (high - low), 0.0), 1.0)
 
     def _score(self, rows: dict[str, Tensor]) -> None:
-        """Add new probe rows to the running fidelity, *before* the model has trained on them."""
+        """Add new probe rows to the running fidelity, *before* the model has trained on them.
+
+        A row counts for the inputs if it moved any input, for the
+        parameters if it moved any parameter (a wrapper's rows move both).
+        """
         with torch.no_grad():
             predicted = self.predict_response(rows).double()
             measured = (rows["grad_out"] * rows["slope"]).sum(1).double()
-        sums = torch.stack([(predicted * measured).sum(), predicted.pow(2).sum(), measured.pow(2).sum()]).cpu()
-        self._scores = self.FIDELITY_DECAY * self._scores + sums
-        self._scored_rows += predicted.shape[0]
+        moved = rows["direction"] != 0
+        shared = self._shared if self._shared is not None else torch.zeros(moved.shape[1], dtype=torch.bool)
+        shared = shared.to(moved.device)
+        for index, mask in enumerate(((moved & ~shared).any(1), (moved & shared).any(1))):
+            p, t = predicted[mask], measured[mask]
+            sums = torch.stack([(p * t).sum(), p.pow(2).sum(), t.pow(2).sum()]).cpu()
+            if p.numel():
+                self._scores[index] = self.FIDELITY_DECAY * self._scores[index] + sums
+                self._scored_rows[index] += p.numel()
 
     def probe_cost(self, d: int, m: int, batch: int) -> int:
         if d == 0:
@@ -303,8 +325,14 @@ class LearnedEstimator(Estimator):
         return count * (2 if self.scheme == "central" else 1)
 
     # -------------------------------------------------------------- shared
-    def prepare(self, d: int, m: int, like: Tensor) -> None:
-        """Build the model and optimiser for a ``d → m`` device on ``like``'s dtype/device."""
+    def prepare(self, d: int, m: int, like: Tensor, shared: Tensor | None = None) -> None:
+        """Build the model and optimiser for a ``d → m`` device on ``like``'s dtype/device.
+
+        ``shared`` ``(d,)`` marks the device-parameter (θ) coordinates, scored
+        and gated apart from the inputs.
+        """
+        if shared is not None:
+            self._shared = shared.detach().cpu().bool()
         if self.sizes is not None:
             if self.sizes != (d, m):
                 raise ValueError(f"{type(self).__name__} was built for a {self.sizes[0]} -> {self.sizes[1]} device, not {d} -> {m}")
@@ -337,6 +365,15 @@ class LearnedEstimator(Estimator):
             pick_b = torch.cat([pick_b, chosen])
         pick_k, pick_b = pick_k.to(alpha.device), pick_b.to(alpha.device)
         direction = directions[pick_k, pick_b]
+        shared = query.shared.to(alpha.device)
+        inputs, params = query.active & ~shared, query.active & shared
+        if bool(inputs.any()) and bool(params.any()):
+            # Each row moves either the inputs or θ, in proportion to their sizes, so that
+            # the two parts of the VJP are scored and gated apart: θ's gradient is summed
+            # over the batch, where a model's bias adds up instead of averaging out.
+            share = int(params.sum()) / int(query.active.sum())
+            moves_params = torch.rand(direction.shape[0], generator=self.generator).to(alpha.device) < share
+            direction = torch.where(moves_params.unsqueeze(1), direction * params, direction * inputs)
         points = alpha[pick_b]
         h = self.probe_step(alpha.dtype)
         y = None if self.scheme == "central" else query.y[pick_b]
@@ -409,7 +446,7 @@ class LearnedEstimator(Estimator):
             model=None if self.model is None else {k: v.clone() for k, v in self.model.state_dict().items()},
             optimizer=None if self.optimizer is None else copy.deepcopy(self.optimizer.state_dict()),
             train_losses=list(self.train_losses),
-            fidelity=(self._scores.clone(), self._scored_rows),
+            fidelity=(self._scores.clone(), list(self._scored_rows), None if self._shared is None else self._shared.clone()),
         )
         return state
 
@@ -417,8 +454,9 @@ class LearnedEstimator(Estimator):
         super().load_state_dict(state)
         self.buffer.load_state_dict(state["buffer"])
         self.train_losses = list(state["train_losses"])
-        scores, rows = state.get("fidelity", (torch.zeros(3, dtype=torch.float64), 0))
-        self._scores, self._scored_rows = scores.clone(), int(rows)
+        scores, rows, shared = state.get("fidelity", (torch.zeros(2, 3, dtype=torch.float64), [0, 0], None))
+        self._scores, self._scored_rows = scores.clone(), [int(r) for r in rows]
+        self._shared = None if shared is None else shared.clone()
         if state["sizes"] is not None:
             model_state = state["model"]
             like = next(iter(model_state.values())) if model_state else torch.zeros(())

@@ -164,7 +164,7 @@ class Unbiased(Estimator):
         alpha, k, batch = query.alpha, self.directions, query.batch
         learned = isinstance(self.inner, LearnedEstimator)
         if learned:
-            self.inner.prepare(query.dim, query.y.shape[1], alpha)
+            self.inner.prepare(query.dim, query.y.shape[1], alpha, shared=query.shared)
             with torch.no_grad():
                 estimate = self.inner.predict_vjp(alpha, query.grad_out)
         else:
