@@ -150,3 +150,23 @@ def test_inputs_and_parameters_are_scored_and_gated_apart():
     assert inputs.cosine > 0.999 and params.cosine < -0.999
     assert torch.allclose(x.grad, torch.ones(32, M, dtype=torch.float64) @ A, atol=1e-6)
     assert box.params.grad.abs().max().item() == 0.0
+
+
+def test_the_twin_prior_starts_the_correction_at_zero_and_is_fed_the_same_data():
+    estimator = LearnedJacobian(hidden=(16,), updates=0, step=1e-3, seed=1)
+    assert isinstance(estimator.prior, DigitalTwin)
+    box = bg.BlackBox(torch.tanh, estimator, calibrate=False)
+    x = batch(6).requires_grad_(True)
+    g = batch(7)
+    box(x).backward(g)
+    # the correction starts at J = 0: the estimate is the twin's VJP alone
+    twin_vjp = estimator.prior.predict_vjp(x.detach(), g)
+    assert torch.allclose(x.grad, twin_vjp * estimator.gate_factor("inputs"))
+    assert len(estimator.prior.values) == 32 and len(estimator.prior.buffer) == len(estimator.buffer) == 32
+    # a structure given by the user, or prior=None, means no twin
+    assert LearnedJacobian(model=ConstantJacobian(M, N)).prior is None
+    assert LearnedJacobian(prior=None).prior is None and LearnedVJP(prior=None).prior is None
+    with pytest.raises(ValueError, match="prior must be 'twin'"):
+        LearnedVJP(prior="mlp")
+    with pytest.raises(TypeError, match="prior must be a DigitalTwin"):
+        LearnedJacobian(prior=object())

@@ -161,6 +161,10 @@ class LearnedEstimator(Estimator):
             rows at all (``probes=0`` and no wrapper) cannot be scored and is
             not gated.
         gate_rows: probe rows to score before the gate may open.
+        prior: a :class:`~blackgrad.estimators.DigitalTwin` fed the same
+            forward data and probe rows, whose VJP the model corrects: the
+            estimate is the twin's plus the model's, and the model is
+            trained on what the twin's slopes leave unexplained.
         seed: seed of the estimator's generator (probes, minibatches, model init).
 
     Cost per ``vjp``: ``(⌊probes⌋·B + round(frac(probes)·B))`` evaluations, doubled
@@ -184,8 +188,9 @@ class LearnedEstimator(Estimator):
         buffer: int = 8192,
         optimizer: Any = None,
         embedding: nn.Module | None = None,
-        gate: tuple[float, float] | None = (0.1, 0.3),
+        gate: tuple[float, float] | None = (0.3, 0.5),
         gate_rows: int = 256,
+        prior: "LearnedEstimator | None" = None,
         seed: int | None = 0,
     ) -> None:
         if isinstance(probes, bool) or not isinstance(probes, (int, float)) or probes < 0:
@@ -227,6 +232,9 @@ class LearnedEstimator(Estimator):
         self.generator = make_generator(seed)
         self.sizes: tuple[int, int] | None = None  # (d, m) once known
         self.train_losses: list[float] = []
+        if prior is not None and not isinstance(prior, LearnedEstimator):
+            raise TypeError(f"prior must be a DigitalTwin (or another learned estimator) or None, got {prior!r}")
+        self.prior = prior
         self.gate = gate
         self.gate_rows = gate_rows
         # per part (inputs, params): running sums Σ p·t, Σ p², Σ t² of scored rows, and their count
@@ -251,7 +259,22 @@ class LearnedEstimator(Estimator):
         """The model's prediction of each probe row's ``gᵀs``: ``v̂(α, g)·ε``, shape ``(N,)``."""
         return (self.predict_vjp(rows["alpha"], rows["grad_out"]) * rows["direction"]).sum(1)
 
+    def prior_slope(self, rows: dict[str, Tensor]) -> Tensor | float:
+        """The prior's slopes along the rows' directions (detached), or 0 without a prior."""
+        if self.prior is None:
+            return 0.0
+        with torch.no_grad():
+            return self.prior.twin_slope(rows["alpha"], rows["direction"], rows["step"], rows["central"])
+
+    def prior_vjp(self, alpha: Tensor, grad_out: Tensor) -> Tensor | float:
+        """The prior's VJP, or 0 without a prior."""
+        return 0.0 if self.prior is None else self.prior.predict_vjp(alpha, grad_out)
+
     # ------------------------------------------------------------- contract
+    def observe(self, alpha: Tensor, y: Tensor) -> None:
+        if self.prior is not None:
+            self.prior.observe(alpha, y)
+
     def vjp(self, prober, query: VJPQuery) -> Tensor:
         self.prepare(query.dim, query.y.shape[1], query.alpha, shared=query.shared)
         if self.probe_cost(query.n_active, query.y.shape[1], query.batch) > 0:
@@ -333,6 +356,8 @@ class LearnedEstimator(Estimator):
         """
         if shared is not None:
             self._shared = shared.detach().cpu().bool()
+        if self.prior is not None:
+            self.prior.prepare(d, m, like, shared=shared)
         if self.sizes is not None:
             if self.sizes != (d, m):
                 raise ValueError(f"{type(self).__name__} was built for a {self.sizes[0]} -> {self.sizes[1]} device, not {d} -> {m}")
@@ -407,11 +432,15 @@ class LearnedEstimator(Estimator):
             step=alpha.new_full((count,), step),
             central=torch.full((count,), central, dtype=torch.bool, device=alpha.device),
         )
+        if self.prior is not None:
+            self.prior.record(alpha, direction, slope, grad_out, step=step, central=central)
         self._score(rows)
         self.buffer.add(**rows)
 
     def update(self) -> None:
-        """Take this backward pass's ``updates`` optimiser steps: where training happens."""
+        """Take this backward pass's ``updates`` optimiser steps (the prior's first): where training happens."""
+        if self.prior is not None:
+            self.prior.update()
         self.train(self.updates)
 
     def learn(
@@ -446,6 +475,7 @@ class LearnedEstimator(Estimator):
             model=None if self.model is None else {k: v.clone() for k, v in self.model.state_dict().items()},
             optimizer=None if self.optimizer is None else copy.deepcopy(self.optimizer.state_dict()),
             train_losses=list(self.train_losses),
+            prior=None if self.prior is None else self.prior.state_dict(),
             fidelity=(self._scores.clone(), list(self._scored_rows), None if self._shared is None else self._shared.clone()),
         )
         return state
@@ -454,6 +484,8 @@ class LearnedEstimator(Estimator):
         super().load_state_dict(state)
         self.buffer.load_state_dict(state["buffer"])
         self.train_losses = list(state["train_losses"])
+        if self.prior is not None and state.get("prior") is not None:
+            self.prior.load_state_dict(state["prior"])
         scores, rows, shared = state.get("fidelity", (torch.zeros(2, 3, dtype=torch.float64), [0, 0], None))
         self._scores, self._scored_rows = scores.clone(), [int(r) for r in rows]
         self._shared = None if shared is None else shared.clone()
@@ -465,6 +497,38 @@ class LearnedEstimator(Estimator):
             self.generator.set_state(generator_state)
             self.model.load_state_dict(model_state)
             self.optimizer.load_state_dict(state["optimizer"])
+
+
+def resolve_prior(prior: Any, estimator: LearnedEstimator, hidden: tuple[int, ...]) -> "LearnedEstimator | None":
+    """``prior="twin"``: a :class:`~blackgrad.estimators.DigitalTwin` sharing ``estimator``'s options.
+
+    The twin fits the forward values (free) and the estimator's own probe
+    slopes; it spends no probes of its own and is never gated on its own
+    (the estimator it serves is).
+    """
+    if prior is None or isinstance(prior, LearnedEstimator):
+        return prior
+    if not isinstance(prior, str):
+        raise TypeError(f"prior must be a DigitalTwin (or another learned estimator), 'twin' or None, got {prior!r}")
+    if prior != "twin":
+        raise ValueError(f"prior must be 'twin', a DigitalTwin or None, got {prior!r}")
+    from .digital_twin import DigitalTwin
+
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=estimator.generator))
+    return DigitalTwin(
+        hidden=hidden,
+        probes=0.0,
+        slope_weight=1.0,
+        step=estimator.step,
+        scheme=estimator.scheme,
+        lr=estimator.lr,
+        updates=estimator.updates,
+        batch_size=estimator.batch_size,
+        buffer=estimator.buffer.capacity,
+        embedding=copy.deepcopy(estimator.embedding),
+        gate=None,
+        seed=seed,
+    )
 
 
 def random_training_grad(rows: dict[str, Tensor], mode: str, generator: torch.Generator) -> Tensor:
@@ -480,4 +544,4 @@ def random_training_grad(rows: dict[str, Tensor], mode: str, generator: torch.Ge
     return draw / draw.norm(dim=1, keepdim=True)
 
 
-__all__ = ["LearnedEstimator", "Fidelity", "ReplayBuffer", "training_loss", "TRAINING_LOSSES", "random_training_grad"]
+__all__ = ["LearnedEstimator", "Fidelity", "resolve_prior", "ReplayBuffer", "training_loss", "TRAINING_LOSSES", "random_training_grad"]

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ..nets import MLP, embedded
 from .base import check_option, check_positive
-from .learned import LearnedEstimator, random_training_grad, training_loss
+from .learned import LearnedEstimator, random_training_grad, resolve_prior, training_loss
 
 TRAINING_GRADS = ("grad_out", "basis", "random")
 
@@ -32,11 +32,13 @@ class BilinearVJP(nn.Module):
         hidden: tuple[int, ...] = (128, 128),
         features: nn.Module | None = None,
         embedding: nn.Module | None = None,
+        zero: bool = False,
     ):
         super().__init__()
         self.features = features if features is not None else embedded(embedding, d, lambda width: MLP(width, rank, hidden))
         self.w_in = nn.Parameter(torch.randn(m, rank) / m**0.5)
-        self.w_out = nn.Parameter(torch.randn(rank, d) / rank**0.5)
+        # zero: start at v = 0 (a correction of a prior); W_in stays random so W_out gets gradients
+        self.w_out = nn.Parameter(torch.zeros(rank, d) if zero else torch.randn(rank, d) / rank**0.5)
 
     def forward(self, alpha: Tensor, grad_out: Tensor) -> Tensor:
         return ((grad_out @ self.w_in) * self.features(alpha)) @ self.w_out
@@ -56,6 +58,12 @@ class LearnedVJP(LearnedEstimator):
 
     ``probes`` is seed 001's ``dim_sample``: probe directions per sample.
 
+    ``prior="twin"`` (the default, ``"auto"``, unless ``features=`` is given): the VJP is that of a
+    :class:`~blackgrad.estimators.DigitalTwin` fitted to the forward values
+    (free) and the same probe slopes, plus the bilinear model's correction,
+    which starts at zero (see :class:`~blackgrad.estimators.LearnedJacobian`).
+    ``prior=None``: the bilinear model alone.
+
     Args:
         rank: width ``r`` of the bilinear core.
         hidden: hidden sizes of the default feature MLP.
@@ -73,6 +81,7 @@ class LearnedVJP(LearnedEstimator):
         hidden: tuple[int, ...] = (128, 128),
         features: nn.Module | None = None,
         train_grad: str = "grad_out",
+        prior: Any = "auto",
         **options: Any,
     ) -> None:
         check_option("train_grad", train_grad, TRAINING_GRADS)
@@ -84,15 +93,24 @@ class LearnedVJP(LearnedEstimator):
         self.hidden = tuple(hidden)
         self.features = features
         self.train_grad = train_grad
+        # a feature net given carries the structure the user chose; the default net gets the twin
+        self.prior = resolve_prior(("twin" if features is None else None) if prior == "auto" else prior, self, self.hidden)
 
     def default_model(self, d: int, m: int) -> nn.Module:
-        return BilinearVJP(d, m, self.rank, self.hidden, self.features, self.embedding)
+        return BilinearVJP(d, m, self.rank, self.hidden, self.features, self.embedding, zero=self.prior is not None)
 
     def predict_vjp(self, alpha: Tensor, grad_out: Tensor) -> Tensor:
-        return self.model(alpha, grad_out)
+        return self.model(alpha, grad_out) + self.prior_vjp(alpha, grad_out)
+
+    def _response(self, rows: dict[str, Tensor], grad: Tensor) -> Tensor:
+        """``v̂(α, g)·ε`` for the rows' directions, the prior's ``gᵀ(slope)`` included."""
+        own = (self.model(rows["alpha"], grad) * rows["direction"]).sum(1)
+        prior = self.prior_slope(rows)
+        return own if self.prior is None else own + (grad * prior).sum(1)
+
+    def predict_response(self, rows: dict[str, Tensor]) -> Tensor:
+        return self._response(rows, rows["grad_out"])
 
     def fit_loss(self, rows: dict[str, Tensor]) -> Tensor:
         grad = random_training_grad(rows, self.train_grad, self.generator)
-        predicted = (self.model(rows["alpha"], grad) * rows["direction"]).sum(1)
-        target = (grad * rows["slope"]).sum(1)
-        return training_loss(predicted, target, self.loss)
+        return training_loss(self._response(rows, grad), (grad * rows["slope"]).sum(1), self.loss)
