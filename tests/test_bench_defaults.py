@@ -147,9 +147,10 @@ def test_no_harm_marks_a_method_below_readout_only():
     text = markdown(summarise(records), {"t": "a task"})
     lines = text.splitlines()
     assert "### a task (`t`): estimators with their defaults" in lines
-    assert "| method | test accuracy | evals / sample | VJP cosine | wall s | × exact | no harm (≥ readout-only) |" in lines
-    assert "| FiniteDifference() (defaults) | 0.400 | 1.00 | — | 1.0 | 0.444 | **no** |" in lines
-    assert "| SPSA() (defaults) | 0.500 | 1.00 | — | 1.0 | 0.556 | yes |" in lines
+    assert "| method | test accuracy | evals / sample | VJP cosine | wall s | × exact | fidelity | no harm (≥ readout-only) |" in lines
+    # classical estimators keep no fidelity of their own: a dash in that column
+    assert "| FiniteDifference() (defaults) | 0.400 | 1.00 | — | 1.0 | 0.444 | — | **no** |" in lines
+    assert "| SPSA() (defaults) | 0.500 | 1.00 | — | 1.0 | 0.556 | — | yes |" in lines
     # exact and readout-only sit in the same table, first and last
     table = [line for line in lines if line.startswith("| ") and "method" not in line]
     assert table[0].startswith("| exact backprop (the limit) | 0.900") and table[-1].startswith("| readout only")

@@ -93,7 +93,7 @@ def test_fidelity_survives_state_dict():
     "make",
     [
         lambda: DigitalTwin(hidden=(8,), probes=1.0, slope_weight=1.0, updates=3, step=1e-3),
-        lambda: DigitalTwin(hidden=(8,), updates=3),
+        lambda: DigitalTwin(hidden=(8,), updates=3, probes=0),
         lambda: LearnedJacobian(hidden=(8,), updates=3, step=1e-3),
         lambda: LearnedVJP(hidden=(8,), rank=4, updates=3, step=1e-3),
     ],
@@ -108,7 +108,7 @@ def test_each_backward_pass_takes_exactly_the_stated_optimiser_steps(make):
 
 
 def test_a_twin_without_probes_is_not_gated_and_says_it_has_no_fidelity():
-    twin = DigitalTwin(hidden=(8,), updates=1)
+    twin = DigitalTwin(hidden=(8,), updates=1, probes=0)
     box = bg.BlackBox(torch.tanh, twin, calibrate=False)
     x = batch(5).requires_grad_(True)
     box(x).sum().backward()
@@ -170,3 +170,14 @@ def test_the_twin_prior_starts_the_correction_at_zero_and_is_fed_the_same_data()
         LearnedVJP(prior="mlp")
     with pytest.raises(TypeError, match="prior must be a DigitalTwin"):
         LearnedJacobian(prior=object())
+
+
+def test_bench_tables_carry_the_fidelity_of_learned_estimators():
+    from blackgrad.bench.report import summarise
+
+    def record(method, seed, fidelity):
+        return dict(task="t", method=method, seed=seed, accuracy=0.5, evaluations_per_sample=2.0, cosine=None, wall_seconds=1.0, fidelity=fidelity)
+
+    rows = {row["method"]: row for row in summarise([record("default-twin", 0, 0.8), record("default-twin", 1, 0.6), record("default-spsa", 0, None)])["t"]}
+    assert rows["default-twin"]["fidelity"] == pytest.approx(0.7)
+    assert rows["default-spsa"]["fidelity"] is None

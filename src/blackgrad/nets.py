@@ -8,6 +8,11 @@
   device given (seed 001's restore experiment: ``J = θ`` for ``f = θx``).
 * :class:`FourierFeatures` — periodic input features, for devices whose inputs
   are phases (or that respond with high spatial frequency).
+* :class:`MultiScaleFourier` — periodic features at octave-spaced frequencies
+  relative to the scale of the inputs seen, for devices whose frequencies are
+  not known.
+* :class:`RandomFourierFeatures` — sines and cosines of random projections of
+  the inputs (Gaussian frequencies relative to the scale of the inputs seen).
 """
 
 from __future__ import annotations
@@ -58,6 +63,123 @@ class FourierFeatures(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         angles = (z.unsqueeze(-1) * self.frequencies.to(z.dtype)).flatten(1)
+        return torch.cat([z, torch.sin(angles), torch.cos(angles)], dim=1)
+
+
+class _InputScaled(nn.Module):
+    """Features whose frequencies are relative to an input scale ``s``.
+
+    ``s`` is given, or taken from the first batch the module sees (the
+    largest ``|z|`` in it; 1 if that batch is all zeros) and kept in the
+    ``scale`` buffer, so it is saved and restored with ``state_dict``.
+    """
+
+    def __init__(self, scale: float | None) -> None:
+        super().__init__()
+        if scale is not None and not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"scale must be a positive number or None, got {scale!r}")
+        self.register_buffer("scale", torch.tensor(math.nan if scale is None else float(scale)))
+        self._calibrated = scale is not None
+
+    def calibrate(self, z: Tensor) -> None:
+        """Set the input scale from the batch ``z``: its largest ``|z|`` (1 if all zeros)."""
+        with torch.no_grad():
+            peak = z.detach().abs().amax().to(self.scale)
+            self.scale.copy_(torch.where(peak > 0, peak, torch.ones_like(peak)))
+        self._calibrated = True
+
+    def _scale_for(self, z: Tensor) -> Tensor:
+        if not self._calibrated:
+            if bool(torch.isnan(self.scale)):
+                self.calibrate(z)
+            self._calibrated = True
+        return self.scale.to(z.dtype)
+
+    def _load_from_state_dict(self, *args, **kwargs):  # a loaded scale may be unset (nan): look again
+        super()._load_from_state_dict(*args, **kwargs)
+        self._calibrated = False
+
+
+class MultiScaleFourier(_InputScaled):
+    """``z ↦ (z, sin(ω_k z), cos(ω_k z))`` with ``ω_k = π·m_k / s``: octaves relative to the input scale ``s``.
+
+    For a device whose frequencies nobody gave (compare
+    :class:`FourierFeatures`, which is told them): the multiples ``m_k``
+    (default ``0.5, 1, 2, 4, 8``) span four octaves around one half-period
+    per input scale, so a response periodic in its input at any frequency in
+    that range (SHG's phases at ``phase_scale`` π or 3π per unit of input, the
+    drive detunings of :class:`~blackgrad.devices.Oscillators`) has features
+    near its own frequency, while the raw ``z`` keeps smooth responses
+    (linear devices, amplitudes) as easy as for a plain MLP.
+
+    ``s`` (``scale``) is given, or ``None``: the largest ``|z|`` of the first
+    batch the module sees (for a black box: the first inputs it was run on),
+    stored in the ``scale`` buffer.  ``out_features = in_features · (1 + 2K)``
+    for ``K`` multiples.
+
+    Args:
+        in_features: input size.
+        multiples: the ``m_k``, in half-periods per input scale (``ω_k = π m_k / s``).
+        scale: the input scale ``s``, or None to take it from the first batch.
+        trainable: learn the multiples (one set per input, initialised at
+            ``multiples``) with the model; otherwise they are a fixed buffer.
+    """
+
+    def __init__(
+        self, in_features: int, multiples: Sequence[float] = (0.5, 1, 2, 4, 8), scale: float | None = None, trainable: bool = False
+    ) -> None:
+        super().__init__(scale)
+        if not multiples:
+            raise ValueError("MultiScaleFourier needs at least one multiple")
+        self.in_features = int(in_features)
+        self.out_features = self.in_features * (1 + 2 * len(multiples))
+        grid = torch.tensor([float(m) for m in multiples]).expand(self.in_features, -1).clone()
+        if trainable:
+            self.multiples = nn.Parameter(grid)
+        else:
+            self.register_buffer("multiples", grid)
+
+    def frequencies(self) -> Tensor:
+        """The angular frequencies ``π m_k / s``, ``(in_features, K)`` (nan before the scale is known)."""
+        return math.pi * self.multiples / self.scale
+
+    def forward(self, z: Tensor) -> Tensor:
+        omega = math.pi * self.multiples.to(z.dtype) / self._scale_for(z)
+        angles = (z.unsqueeze(-1) * omega).flatten(1)
+        return torch.cat([z, torch.sin(angles), torch.cos(angles)], dim=1)
+
+
+class RandomFourierFeatures(_InputScaled):
+    """``z ↦ (z, sin(z B / s), cos(z B / s))`` with ``B ~ N(0, σ²)``, ``(in_features, features)``.
+
+    Random Fourier features (Rahimi & Recht 2007; Tancik et al. 2020): each
+    feature is a plane wave in a random direction, with an angular frequency
+    per unit of input scale drawn with standard deviation ``sigma``.  ``B`` is
+    drawn from ``seed`` (the same on every construction) and fixed.
+    ``s``: as :class:`MultiScaleFourier`.  ``out_features = in_features + 2·features``.
+
+    Args:
+        in_features: input size.
+        features: number of random directions ``K``.
+        sigma: standard deviation of each entry of ``B``, in radians per input scale.
+        scale: the input scale ``s``, or None to take it from the first batch.
+        seed: seeds ``B``.
+    """
+
+    def __init__(self, in_features: int, features: int = 128, sigma: float = math.pi, scale: float | None = None, seed: int = 0) -> None:
+        super().__init__(scale)
+        if isinstance(features, bool) or not isinstance(features, int) or features < 1:
+            raise ValueError(f"features must be a positive int, got {features!r}")
+        if not sigma > 0:
+            raise ValueError(f"sigma must be positive, got {sigma!r}")
+        self.in_features = int(in_features)
+        self.out_features = self.in_features + 2 * features
+        self.sigma = float(sigma)
+        generator = torch.Generator().manual_seed(seed)
+        self.register_buffer("projection", torch.randn(self.in_features, features, generator=generator) * self.sigma)
+
+    def forward(self, z: Tensor) -> Tensor:
+        angles = z @ (self.projection.to(z.dtype) / self._scale_for(z))
         return torch.cat([z, torch.sin(angles), torch.cos(angles)], dim=1)
 
 

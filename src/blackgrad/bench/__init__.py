@@ -128,7 +128,8 @@ def run_benchmark(
             records.append(record)
             log.write(json.dumps(record) + "\n")
             log.flush()
-            bar.set_postfix_str(f"{record['task']} {record['method']} seed {record['seed']}")
+            fidelity = "" if record.get("fidelity") is None else f" fidelity {record['fidelity']:.2f}"
+            bar.set_postfix_str(f"{record['task']} {record['method']} seed {record['seed']}: {record['accuracy']:.3f}{fidelity}")
             bar.update()
     bar.close()
     order = {run: index for index, run in enumerate(runs)}

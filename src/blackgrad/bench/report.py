@@ -36,6 +36,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
         for method, runs in by_method.items():
             accuracy, spread = _mean_std([r["accuracy"] for r in runs])
             cosines = [r["cosine"] for r in runs if r["cosine"] is not None]
+            fidelities = [r["fidelity"] for r in runs if r.get("fidelity") is not None]
             rows.append(
                 {
                     "method": method,
@@ -45,6 +46,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
                     "accuracy_std": spread,
                     "evaluations_per_sample": statistics.fmean(r["evaluations_per_sample"] for r in runs),
                     "cosine": statistics.fmean(cosines) if cosines else None,
+                    "fidelity": statistics.fmean(fidelities) if fidelities else None,
                     "wall_seconds": statistics.fmean(r["wall_seconds"] for r in runs),
                     "fraction_of_exact": accuracy / exact_accuracy if exact_accuracy else None,
                     "section": METHODS[method].section,
@@ -62,6 +64,10 @@ def _cells(row: dict[str, Any], label: str | None = None) -> str:
     # one seed has no spread to show
     accuracy = f"{row['accuracy']:.3f}" + (f" ± {row['accuracy_std']:.3f}" if row["seeds"] > 1 else "")
     return f"| {label or row['label']} | {accuracy} | {row['evaluations_per_sample']:.2f} | {cosine} | {row['wall_seconds']:.1f} | {fraction} |"
+
+
+def _fidelity(row: dict[str, Any]) -> str:
+    return "—" if row.get("fidelity") is None else f"{row['fidelity']:.3f}"
 
 
 def _no_harm(row: dict[str, Any]) -> str:
@@ -108,12 +114,13 @@ def markdown(tables: dict[str, list[dict[str, Any]]], titles: dict[str, str]) ->
                 f"### {titles.get(task, task)} (`{task}`): estimators with their defaults",
                 "",
                 "Each estimator class as a new user would build it: its defaults, `seed=` alone. "
-                "No harm: at least the accuracy of readout-only training.",
+                "No harm: at least the accuracy of readout-only training. "
+                "Fidelity: the learned estimator's own final score of its VJP on probe rows it had not trained on.",
                 "",
-                "| method | test accuracy | evals / sample | VJP cosine | wall s | × exact | no harm (≥ readout-only) |",
-                "|---|---|---|---|---|---|---|",
+                "| method | test accuracy | evals / sample | VJP cosine | wall s | × exact | fidelity | no harm (≥ readout-only) |",
+                "|---|---|---|---|---|---|---|---|",
             ]
-            lines += [_cells(row, _defaults_label(row)) + f" {_no_harm(row)} |" for row in shown]
+            lines += [_cells(row, _defaults_label(row)) + f" {_fidelity(row)} | {_no_harm(row)} |" for row in shown]
             lines.append("")
     return "\n".join(lines)
 

@@ -114,7 +114,15 @@ def run_one(task: Task, method_name: str, seed: int, data: Data, epochs: int) ->
         "wall_seconds": wall,
         # the class that supplied the backward (for the defaults section's BlackBox default)
         "estimator": _describe(model.boxes[0].estimator),
+        # a learned estimator's own running score of its VJP on probe rows it had not trained on
+        "fidelity": _fidelity(model),
     }
+
+
+def _fidelity(model: HybridNet) -> float | None:
+    """Mean over the boxes of the estimator's final input fidelity cosine; None if it keeps none."""
+    values = [box.fidelity.cosine for box in model.boxes if box.fidelity is not None]
+    return sum(values) / len(values) if values else None
 
 
 def _describe(estimator: Any) -> str:

@@ -40,31 +40,43 @@ class DigitalTwin(LearnedEstimator):
       freezes it, as the published code does.
 
     Cost per ``vjp``: as :class:`~blackgrad.estimators.learned.LearnedEstimator`
-    with ``probes`` (default 0: free).  :meth:`fit` spends one evaluation per
+    with ``probes`` (default 1: one evaluation per sample).  :meth:`fit` spends one evaluation per
     input row.
 
     Args:
         model: the twin, or None for ``MLP(d, m, hidden)``.
         hidden: hidden sizes of the default MLP.
         online: keep fitting the twin to forward data during training.
-        slope_weight: weight of the slope-matching term on probe rows.
+        probes: probe directions per sample (default: 1 when the twin learns
+            online with ``slope_weight > 0``, else 0).  ``probes=0`` gives the
+            free twin that learns from forward values alone (one evaluation
+            per sample, no fidelity to gate on).
+        slope_weight: weight of the slope-matching term on probe rows (default 1).
         slope_fit: ``"difference"`` or ``"jvp"``: how the twin's own slope is taken.
         (others: see :class:`~blackgrad.estimators.learned.LearnedEstimator`)
     """
 
     _repr_fields = ("probes", "online", "updates")
+    # The twin's probes move the inputs and θ together: its values pin θ's slopes down
+    # poorly (θ hardly varies within a batch), so every row carries some θ. On digits-SHG,
+    # three seeds: 0.918 of accuracy with joint rows, 0.887 with rows split by part.
+    separate_parts = False
 
     def __init__(
         self,
         model: nn.Module | None = None,
         hidden: tuple[int, ...] = (128, 128),
         online: bool = True,
-        probes: float = 0.0,
-        slope_weight: float = 0.0,
+        probes: float | None = None,
+        slope_weight: float = 1.0,
         slope_fit: str = "difference",
         buffer: int = 8192,
         **options: Any,
     ) -> None:
+        if isinstance(slope_weight, bool) or not isinstance(slope_weight, (int, float)) or not slope_weight >= 0 or slope_weight == float("inf"):
+            raise ValueError(f"slope_weight must be a finite number >= 0, got {slope_weight!r}")
+        if probes is None:  # one probe per sample whenever its slope would be used
+            probes = 1.0 if online and slope_weight > 0 else 0.0
         super().__init__(model=model, probes=probes, buffer=buffer, **options)
         if probes > 0 and (slope_weight <= 0 or not online):
             raise ValueError("DigitalTwin probes are only used with slope_weight > 0 and online=True; otherwise they would be paid for and thrown away")

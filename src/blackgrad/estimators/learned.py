@@ -294,6 +294,9 @@ class LearnedEstimator(Estimator):
     PARTS = ("inputs", "params")
     #: weight kept by the running fidelity sums at each scored batch
     FIDELITY_DECAY = 0.9
+    #: whether each own probe row moves the inputs or θ alone (see :meth:`probe`), so that the
+    #: two parts are scored on rows of their own; otherwise rows move both and count for both
+    separate_parts = True
 
     @property
     def fidelity(self) -> Fidelity | None:
@@ -376,7 +379,11 @@ class LearnedEstimator(Estimator):
             self.optimizer = factory(self.model.parameters())
 
     def probe(self, prober, query: VJPQuery) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Spend this backward pass's probes: returns rows ``(α, ε, slope, grad_out)``."""
+        """Spend this backward pass's probes: returns rows ``(α, ε, slope, grad_out)``.
+
+        With ``separate_parts``, each row moves either the inputs or θ (at
+        random, in proportion to their active sizes).
+        """
         alpha, batch = query.alpha, query.batch
         whole = math.floor(self.probes)
         extra = round((self.probes - whole) * batch)
@@ -392,7 +399,7 @@ class LearnedEstimator(Estimator):
         direction = directions[pick_k, pick_b]
         shared = query.shared.to(alpha.device)
         inputs, params = query.active & ~shared, query.active & shared
-        if bool(inputs.any()) and bool(params.any()):
+        if self.separate_parts and bool(inputs.any()) and bool(params.any()):
             # Each row moves either the inputs or θ, in proportion to their sizes, so that
             # the two parts of the VJP are scored and gated apart: θ's gradient is summed
             # over the batch, where a model's bias adds up instead of averaging out.
