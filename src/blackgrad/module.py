@@ -11,8 +11,21 @@ from .calibration import DeviceProfile, calibrate as measure_profile
 from .errors import InputShapeError
 from .estimators.base import Estimator, VJPQuery
 from .estimators.exact import require_graph
-from .estimators.finite_difference import FiniteDifference
+from .estimators.digital_twin import DigitalTwin
 from .prober import Ledger, Prober, RetryPolicy
+
+
+def default_estimator() -> Estimator:
+    """The estimator a :class:`BlackBox` uses when given none.
+
+    The online :class:`~blackgrad.estimators.DigitalTwin` with its defaults:
+    it learns from every forward batch (free) and one probe slope per sample
+    (one evaluation), probes with the calibrated step, and withholds its
+    gradient while its fidelity is low.  The benchmark's defaults section
+    (``blackgrad bench --section defaults``) compares it with every other
+    estimator's defaults on every task.
+    """
+    return DigitalTwin()
 
 
 class _BlackBoxFunction(torch.autograd.Function):
@@ -49,7 +62,9 @@ class BlackBox(nn.Module):
             noisy, non-differentiable, or talk to an instrument; returned
             arrays are converted to tensors with the dtype and device of ``x``.
         estimator: the :class:`~blackgrad.estimators.Estimator` supplying the
-            backward pass (default ``FiniteDifference()``).
+            backward pass (default :func:`default_estimator`: the online
+            :class:`~blackgrad.estimators.DigitalTwin` fitted to the forward
+            values and one probe slope per sample).
         params: initial device parameters θ (e.g. a phase mask), flattened to
             ``(p,)`` and trained like any ``nn.Parameter``; their gradient is
             summed over the batch.  ``None``: the device has no trainable knobs.
@@ -105,7 +120,7 @@ class BlackBox(nn.Module):
             raise TypeError(f"calibrate must be True, False or a DeviceProfile, got {calibrate!r}")
         if not callable(fun):
             raise TypeError(f"BlackBox needs a callable device, got {type(fun).__name__}")
-        estimator = FiniteDifference() if estimator is None else estimator
+        estimator = default_estimator() if estimator is None else estimator
         if not isinstance(estimator, Estimator):
             raise TypeError(
                 f"estimator must be a blackgrad.estimators.Estimator instance such as FiniteDifference() "
