@@ -181,3 +181,20 @@ def test_bench_tables_carry_the_fidelity_of_learned_estimators():
     rows = {row["method"]: row for row in summarise([record("default-twin", 0, 0.8), record("default-twin", 1, 0.6), record("default-spsa", 0, None)])["t"]}
     assert rows["default-twin"]["fidelity"] == pytest.approx(0.7)
     assert rows["default-spsa"]["fidelity"] is None
+
+
+def test_broyden_scores_its_one_jacobian_and_withholds_it_where_the_device_is_not_linear():
+    from blackgrad.estimators import Broyden
+
+    def wiggly(x):
+        return torch.sin(6 * x[:, :M]) * torch.cos(5 * x[:, 1:M + 1])
+
+    for device, opens in ((linear, True), (wiggly, False)):
+        estimator = Broyden(step=1e-4, gate_rows=64)
+        box = bg.BlackBox(device, estimator, calibrate=False)
+        for seed in range(4):
+            x = batch(seed).requires_grad_(True)
+            box(x).backward(batch(seed + 10)[:, :M])
+        assert estimator.fidelity.rows == 4 * 32
+        assert (estimator.fidelity.cosine > 0.9) == opens
+        assert (x.grad.abs().max().item() > 0) == opens

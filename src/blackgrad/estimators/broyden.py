@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from .base import Estimator, VJPQuery, check_positive, make_generator
+from .fidelity import DEFAULT_GATE, Fidelity, FidelityMonitor
 
 
 class Broyden(Estimator):
@@ -23,24 +24,43 @@ class Broyden(Estimator):
     spanned the input space, an averaged Jacobian for nonlinear ones (use
     :class:`~blackgrad.estimators.LeastSquares` for a local one).
 
+    Each probe is first scored against the Jacobian as it stands (a
+    :class:`~blackgrad.estimators.fidelity.FidelityMonitor`), and the VJP is
+    passed upstream through the monitor's gate: one Jacobian for a device
+    whose Jacobian varies strongly with its input predicts little, and its
+    gradient then trains worse than none.
+
     Cost per ``vjp``: ``probes·B`` evaluations.
 
     Args:
         probes: probes per sample at each backward pass (0: learn from forward
-            data only, which needs ``observe_forward=True``).
+            data only, which needs ``observe_forward=True``; nothing is then
+            scored, and nothing gated).
         step: perturbation size; default: the calibrated profile's, else from the dtype.
         observe_forward: also learn from consecutive forward samples.
+        gate: ``(low, high)`` fidelity cosines of the gate, or None (see
+            :class:`~blackgrad.estimators.fidelity.FidelityMonitor`).
+        gate_rows: probes to score before the gate may open.
         seed: seed of the estimator's own generator.
     """
 
     _repr_fields = ("probes", "step", "observe_forward")
 
-    def __init__(self, probes: int = 1, step: float | None = None, observe_forward: bool = False, seed: int | None = 0) -> None:
+    def __init__(
+        self,
+        probes: int = 1,
+        step: float | None = None,
+        observe_forward: bool = False,
+        gate: tuple[float, float] | None = DEFAULT_GATE,
+        gate_rows: int = 256,
+        seed: int | None = 0,
+    ) -> None:
         if isinstance(probes, bool) or not isinstance(probes, int) or probes < 0:
             raise ValueError(f"probes must be a non-negative int, got {probes!r}")
         if probes == 0 and not observe_forward:
             raise ValueError("Broyden with probes=0 learns nothing unless observe_forward=True")
         check_positive("step", step, allow_none=True)
+        self.monitor = FidelityMonitor(gate, gate_rows)
         self.probes = probes
         self.step = step
         self.observe_forward = bool(observe_forward)
@@ -77,9 +97,20 @@ class Broyden(Estimator):
             probes = (alpha + dx).reshape(-1, query.dim)
             df = prober(probes).reshape(self.probes, query.batch, -1) - query.y
             dx = (probes - alpha.repeat(self.probes, 1))  # the steps really taken
-            jacobian = self._update(jacobian, dx, df.reshape(-1, df.shape[-1]))
+            df = df.reshape(-1, df.shape[-1])
+            g = query.grad_out.repeat(self.probes, 1)
+            g = g / g.norm(dim=1, keepdim=True).clamp(min=1e-30)
+            # scored before the Jacobian learns from these pairs: a held-out test
+            self.monitor.score(((dx @ jacobian.T) * g).sum(1), (df * g).sum(1), dx, query.shared.cpu())
+            jacobian = self._update(jacobian, dx, df)
         self.jacobian = jacobian
-        return query.grad_out @ jacobian
+        grad = query.grad_out @ jacobian
+        return grad if self.probes == 0 else self.monitor.apply(grad, query.shared)
+
+    @property
+    def fidelity(self) -> Fidelity | None:
+        """The running fidelity of the Jacobian on the inputs' probes, before it learned from them."""
+        return self.monitor.part("inputs")
 
     def probe_cost(self, d: int, m: int, batch: int) -> int:
         return self.probes * batch if d > 0 else 0
@@ -87,8 +118,11 @@ class Broyden(Estimator):
     def state_dict(self):
         state = super().state_dict()
         state["jacobian"] = None if self.jacobian is None else self.jacobian.clone()
+        state["fidelity"] = self.monitor.state_dict()
         return state
 
     def load_state_dict(self, state) -> None:
         super().load_state_dict(state)
         self.jacobian = None if state.get("jacobian") is None else state["jacobian"].clone()
+        if "fidelity" in state:
+            self.monitor.load_state_dict(state["fidelity"])

@@ -29,41 +29,15 @@ from __future__ import annotations
 import abc
 import copy
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .base import Estimator, VJPQuery, check_option, check_positive, directional_slopes, make_generator
+from .fidelity import DEFAULT_GATE, Fidelity, FidelityMonitor
 
 TRAINING_LOSSES = ("mse", "cosine", "mse+cosine")
-
-
-@dataclass(frozen=True)
-class Fidelity:
-    """How well a learned model predicted probe rows it had not trained on.
-
-    Each probe row measures ``gᵀs``: the loss gradient ``g`` flowing at that
-    point times the device's slope ``s`` along the random direction ``ε``.
-    The model predicts it as ``v̂·ε`` from its own VJP ``v̂`` (the DigitalTwin
-    from its own difference quotient).  Since ``E[(a·ε)(b·ε)] = a·b`` for
-    Rademacher ``ε``, the cosine between predictions and measurements over
-    many rows estimates the cosine between the model's VJP and the device's
-    — pulled down by the measurement noise, so it errs on the safe side.
-
-    Attributes:
-        cosine: running cosine between predicted and measured responses.
-        relative_error: running ``Σ (p − t)² / Σ t²``.
-        rows: probe rows scored so far.
-    """
-
-    cosine: float
-    relative_error: float
-    rows: int
-
-    def __repr__(self) -> str:
-        return f"Fidelity(cosine={self.cosine:.3f}, relative_error={self.relative_error:.3f}, rows={self.rows})"
 
 
 def training_loss(prediction: Tensor, target: Tensor, kind: str) -> Tensor:
@@ -188,7 +162,7 @@ class LearnedEstimator(Estimator):
         buffer: int = 8192,
         optimizer: Any = None,
         embedding: nn.Module | None = None,
-        gate: tuple[float, float] | None = (0.3, 0.5),
+        gate: tuple[float, float] | None = DEFAULT_GATE,
         gate_rows: int = 256,
         prior: "LearnedEstimator | None" = None,
         seed: int | None = 0,
@@ -206,17 +180,7 @@ class LearnedEstimator(Estimator):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if embedding is not None and not hasattr(embedding, "out_features"):
             raise TypeError("embedding needs an out_features attribute giving its output width")
-        if gate is not None:
-            if (
-                not isinstance(gate, (tuple, list))
-                or len(gate) != 2
-                or any(isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) for g in gate)
-                or not -1 <= gate[0] < gate[1] <= 1
-            ):
-                raise ValueError(f"gate must be None or two cosines (low, high) with -1 <= low < high <= 1, got {gate!r}")
-            gate = (float(gate[0]), float(gate[1]))
-        if isinstance(gate_rows, bool) or not isinstance(gate_rows, int) or gate_rows < 0:
-            raise ValueError(f"gate_rows must be a non-negative int, got {gate_rows!r}")
+        monitor = FidelityMonitor(gate, gate_rows)  # validates the gate before anything is kept
         self.model = model
         self.embedding = embedding
         self.probes = probes
@@ -235,11 +199,7 @@ class LearnedEstimator(Estimator):
         if prior is not None and not isinstance(prior, LearnedEstimator):
             raise TypeError(f"prior must be a DigitalTwin (or another learned estimator) or None, got {prior!r}")
         self.prior = prior
-        self.gate = gate
-        self.gate_rows = gate_rows
-        # per part (inputs, params): running sums Σ p·t, Σ p², Σ t² of scored rows, and their count
-        self._scores = torch.zeros(2, 3, dtype=torch.float64)
-        self._scored_rows = [0, 0]
+        self.monitor = monitor
         self._shared: Tensor | None = None  # (d,) which coordinates are θ, once known
 
     # ------------------------------------------------------- subclass hooks
@@ -282,18 +242,15 @@ class LearnedEstimator(Estimator):
         self.update()
         with torch.no_grad():
             grad = self.predict_vjp(query.alpha, query.grad_out)
-        shared = query.shared.to(grad.device)
-        return torch.where(shared, grad * self.gate_factor("params"), grad * self.gate_factor("inputs"))
+        if self.monitor.scored == 0 and self.probes == 0:
+            return grad  # nothing probed for it: it cannot be scored, so it is not gated
+        return self.monitor.apply(grad, query.shared)
 
     @property
     def needs_profile(self) -> bool:
         return self.step is None and self.probes > 0
 
     # ------------------------------------------------------------ fidelity
-    #: the parts of ``α`` scored and gated apart: the inputs ``x`` and the device parameters ``θ``
-    PARTS = ("inputs", "params")
-    #: weight kept by the running fidelity sums at each scored batch
-    FIDELITY_DECAY = 0.9
     #: whether each own probe row moves the inputs or θ alone (see :meth:`probe`), so that the
     #: two parts are scored on rows of their own; otherwise rows move both and count for both
     separate_parts = True
@@ -301,47 +258,24 @@ class LearnedEstimator(Estimator):
     @property
     def fidelity(self) -> Fidelity | None:
         """The running fidelity on the inputs' rows (rows it had not trained on); None before any."""
-        return self.part_fidelity("inputs")
+        return self.monitor.part("inputs")
 
     def part_fidelity(self, part: str) -> Fidelity | None:
         """The running fidelity of the rows that moved ``part`` (``"inputs"`` or ``"params"``)."""
-        index = self.PARTS.index(part)
-        rows = self._scored_rows[index]
-        if rows == 0:
-            return None
-        pt, pp, tt = self._scores[index].tolist()
-        cosine = pt / math.sqrt(pp * tt) if pp > 0 and tt > 0 else 0.0
-        relative = (pp - 2 * pt + tt) / tt if tt > 0 else float("inf")
-        return Fidelity(cosine=cosine, relative_error=relative, rows=rows)
+        return self.monitor.part(part)
 
     def gate_factor(self, part: str = "inputs") -> float:
         """The factor the VJP of ``part`` is passed upstream with (see ``gate``)."""
-        rows = self._scored_rows[self.PARTS.index(part)]
-        if self.gate is None or sum(self._scored_rows) == 0 and self.probes == 0:
+        if self.monitor.scored == 0 and self.probes == 0:
             return 1.0
-        if rows < self.gate_rows:
-            return 0.0
-        low, high = self.gate
-        return min(max((self.part_fidelity(part).cosine - low) / (high - low), 0.0), 1.0)
+        return self.monitor.factor(part)
 
     def _score(self, rows: dict[str, Tensor]) -> None:
-        """Add new probe rows to the running fidelity, *before* the model has trained on them.
-
-        A row counts for the inputs if it moved any input, for the
-        parameters if it moved any parameter (a wrapper's rows move both).
-        """
+        """Score new probe rows, *before* the model has trained on them (:class:`FidelityMonitor`)."""
         with torch.no_grad():
-            predicted = self.predict_response(rows).double()
-            measured = (rows["grad_out"] * rows["slope"]).sum(1).double()
-        moved = rows["direction"] != 0
-        shared = self._shared if self._shared is not None else torch.zeros(moved.shape[1], dtype=torch.bool)
-        shared = shared.to(moved.device)
-        for index, mask in enumerate(((moved & ~shared).any(1), (moved & shared).any(1))):
-            p, t = predicted[mask], measured[mask]
-            sums = torch.stack([(p * t).sum(), p.pow(2).sum(), t.pow(2).sum()]).cpu()
-            if p.numel():
-                self._scores[index] = self.FIDELITY_DECAY * self._scores[index] + sums
-                self._scored_rows[index] += p.numel()
+            predicted = self.predict_response(rows)
+        measured = (rows["grad_out"] * rows["slope"]).sum(1)
+        self.monitor.score(predicted, measured, rows["direction"], self._shared)
 
     def probe_cost(self, d: int, m: int, batch: int) -> int:
         if d == 0:
@@ -483,7 +417,8 @@ class LearnedEstimator(Estimator):
             optimizer=None if self.optimizer is None else copy.deepcopy(self.optimizer.state_dict()),
             train_losses=list(self.train_losses),
             prior=None if self.prior is None else self.prior.state_dict(),
-            fidelity=(self._scores.clone(), list(self._scored_rows), None if self._shared is None else self._shared.clone()),
+            fidelity=self.monitor.state_dict(),
+            shared=None if self._shared is None else self._shared.clone(),
         )
         return state
 
@@ -493,9 +428,9 @@ class LearnedEstimator(Estimator):
         self.train_losses = list(state["train_losses"])
         if self.prior is not None and state.get("prior") is not None:
             self.prior.load_state_dict(state["prior"])
-        scores, rows, shared = state.get("fidelity", (torch.zeros(2, 3, dtype=torch.float64), [0, 0], None))
-        self._scores, self._scored_rows = scores.clone(), [int(r) for r in rows]
-        self._shared = None if shared is None else shared.clone()
+        if "fidelity" in state:  # absent from states saved before the monitor existed
+            self.monitor.load_state_dict(state["fidelity"])
+            self._shared = None if state["shared"] is None else state["shared"].clone()
         if state["sizes"] is not None:
             model_state = state["model"]
             like = next(iter(model_state.values())) if model_state else torch.zeros(())
@@ -551,4 +486,4 @@ def random_training_grad(rows: dict[str, Tensor], mode: str, generator: torch.Ge
     return draw / draw.norm(dim=1, keepdim=True)
 
 
-__all__ = ["LearnedEstimator", "Fidelity", "resolve_prior", "ReplayBuffer", "training_loss", "TRAINING_LOSSES", "random_training_grad"]
+__all__ = ["LearnedEstimator", "resolve_prior", "ReplayBuffer", "training_loss", "TRAINING_LOSSES", "random_training_grad"]

@@ -1,0 +1,140 @@
+"""A fidelity monitor: how well an estimator's model predicts probes it has not yet used.
+
+Estimators that keep a model of the device — the learned ones, and
+:class:`~blackgrad.estimators.Broyden`'s one Jacobian — can test it for free:
+each new probe row measures ``gᵀs``, the loss gradient ``g`` flowing at that
+point times the device's slope ``s`` along a random direction ``ε``, and the
+model predicts it, before it learns from the row, as ``v̂·ε`` from its own VJP
+``v̂``.  Since ``E[(a·ε)(b·ε)] = a·b`` for Rademacher ``ε``, the cosine between
+predictions and measurements over many rows estimates the cosine between the
+model's VJP and the device's — pulled down by the measurement noise, so it
+errs on the safe side.
+
+The monitor keeps that running score for the inputs ``x`` and the device
+parameters ``θ`` apart (θ's gradient is summed over the batch, so a model's
+bias there adds up instead of averaging out), and turns it into a *gate*: the
+factor each part's VJP is passed upstream with.  With an optimiser such as
+Adam, which normalises the step, a gradient of noise moves the layers before
+the device as far as a true one; a closed gate leaves them where they are.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+#: the parts of ``α`` scored and gated apart: the inputs ``x`` and the device parameters ``θ``
+PARTS = ("inputs", "params")
+#: the default gate: closed below fidelity 0.3, open above 0.5
+DEFAULT_GATE = (0.3, 0.5)
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """A running score of a model's VJP on probe rows it had not learned from.
+
+    Attributes:
+        cosine: running cosine between predicted and measured responses.
+        relative_error: running ``Σ (p − t)² / Σ t²``.
+        rows: probe rows scored so far.
+    """
+
+    cosine: float
+    relative_error: float
+    rows: int
+
+    def __repr__(self) -> str:
+        return f"Fidelity(cosine={self.cosine:.3f}, relative_error={self.relative_error:.3f}, rows={self.rows})"
+
+
+def check_gate(gate: Any, gate_rows: Any) -> tuple[float, float] | None:
+    """Validate the ``gate`` and ``gate_rows`` options; returns the gate as floats."""
+    if isinstance(gate_rows, bool) or not isinstance(gate_rows, int) or gate_rows < 0:
+        raise ValueError(f"gate_rows must be a non-negative int, got {gate_rows!r}")
+    if gate is None:
+        return None
+    if (
+        not isinstance(gate, (tuple, list))
+        or len(gate) != 2
+        or any(isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) for g in gate)
+        or not -1 <= gate[0] < gate[1] <= 1
+    ):
+        raise ValueError(f"gate must be None or two cosines (low, high) with -1 <= low < high <= 1, got {gate!r}")
+    return float(gate[0]), float(gate[1])
+
+
+class FidelityMonitor:
+    """Running fidelity per part, and the gate it sets.
+
+    Args:
+        gate: ``(low, high)`` fidelity cosines: below ``low`` a part's VJP is
+            passed upstream as zero, above ``high`` whole, in between scaled
+            linearly; None: never gated.
+        gate_rows: probe rows of a part to score before its gate may open.
+    """
+
+    #: weight kept by the running sums at each scored batch (a memory of about ten batches)
+    DECAY = 0.9
+
+    def __init__(self, gate: tuple[float, float] | None = DEFAULT_GATE, gate_rows: int = 256) -> None:
+        self.gate = check_gate(gate, gate_rows)
+        self.gate_rows = gate_rows
+        self.sums = torch.zeros(len(PARTS), 3, dtype=torch.float64)  # Σ p·t, Σ p², Σ t² per part
+        self.rows = [0] * len(PARTS)
+
+    @property
+    def scored(self) -> int:
+        """Rows scored so far, whatever part they moved."""
+        return max(self.rows)
+
+    def score(self, predicted: Tensor, measured: Tensor, direction: Tensor, shared: Tensor | None) -> None:
+        """Add rows: the model's ``predicted`` and the ``measured`` responses ``(N,)``.
+
+        A row counts for the inputs if its ``direction`` ``(N, d)`` moved any
+        input, for the parameters if it moved any coordinate marked in
+        ``shared`` ``(d,)`` (None: no parameters).
+        """
+        predicted, measured = predicted.detach().double(), measured.detach().double()
+        moved = direction != 0
+        shared = torch.zeros(moved.shape[1], dtype=torch.bool) if shared is None else shared
+        shared = shared.to(moved.device)
+        for index, mask in enumerate(((moved & ~shared).any(1), (moved & shared).any(1))):
+            p, t = predicted[mask], measured[mask]
+            if p.numel():
+                sums = torch.stack([(p * t).sum(), p.pow(2).sum(), t.pow(2).sum()]).cpu()
+                self.sums[index] = self.DECAY * self.sums[index] + sums
+                self.rows[index] += p.numel()
+
+    def part(self, part: str) -> Fidelity | None:
+        """The running fidelity of ``part`` (``"inputs"`` or ``"params"``); None before any row."""
+        index = PARTS.index(part)
+        if self.rows[index] == 0:
+            return None
+        pt, pp, tt = self.sums[index].tolist()
+        cosine = pt / math.sqrt(pp * tt) if pp > 0 and tt > 0 else 0.0
+        relative = (pp - 2 * pt + tt) / tt if tt > 0 else float("inf")
+        return Fidelity(cosine=cosine, relative_error=relative, rows=self.rows[index])
+
+    def factor(self, part: str) -> float:
+        """The factor ``part``'s VJP is passed upstream with."""
+        if self.gate is None:
+            return 1.0
+        if self.rows[PARTS.index(part)] < self.gate_rows:
+            return 0.0
+        low, high = self.gate
+        return min(max((self.part(part).cosine - low) / (high - low), 0.0), 1.0)
+
+    def apply(self, grad: Tensor, shared: Tensor) -> Tensor:
+        """``grad`` ``(B, d)`` with each part scaled by its gate."""
+        shared = shared.to(grad.device)
+        return torch.where(shared, grad * self.factor("params"), grad * self.factor("inputs"))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": self.sums.clone(), "rows": list(self.rows)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sums, self.rows = state["sums"].clone(), [int(r) for r in state["rows"]]
