@@ -198,3 +198,27 @@ def test_broyden_scores_its_one_jacobian_and_withholds_it_where_the_device_is_no
         assert estimator.fidelity.rows == 4 * 32
         assert (estimator.fidelity.cosine > 0.9) == opens
         assert (x.grad.abs().max().item() > 0) == opens
+
+
+def test_the_gate_opens_at_high_and_closes_only_below_low():
+    from blackgrad.estimators.fidelity import FidelityMonitor
+
+    monitor = FidelityMonitor(gate=(0.4, 0.6), gate_rows=10)
+    generator = torch.Generator().manual_seed(0)
+    direction = torch.ones(50, 3)
+
+    def feed(cosine, times=40):
+        """Rows whose predictions have the given cosine with the measurements."""
+        for _ in range(times):
+            measured = torch.randn(50, generator=generator)
+            noise = torch.randn(50, generator=generator)
+            noise = noise - (noise @ measured) / (measured @ measured) * measured
+            predicted = cosine * measured / measured.norm() + (1 - cosine**2) ** 0.5 * noise / noise.norm()
+            monitor.score(predicted, measured, direction, None)
+        return monitor.factor("inputs")
+
+    assert feed(0.5) == 0.0  # between low and high: a closed gate stays closed
+    assert feed(0.8) == 1.0
+    assert feed(0.5) == 1.0  # ... and an open one stays open
+    assert feed(0.2) == 0.0
+    assert monitor.part("inputs").cosine == pytest.approx(0.2, abs=0.02)

@@ -106,11 +106,6 @@ class DigitalTwin(LearnedEstimator):
         if self.online:
             super().update()
 
-    def predict_response(self, rows: dict[str, Tensor]) -> Tensor:
-        # the twin's slope is taken the way the device's was measured (``slope_fit``)
-        slope = self.twin_slope(rows["alpha"], rows["direction"], rows["step"], rows["central"])
-        return (rows["grad_out"] * slope).sum(1)
-
     def fit(self, prober, alpha: Tensor, epochs: int = 50, progress: bool = False) -> list[float]:
         """Pre-fit the twin on the device's outputs at the rows ``alpha`` ``(N, d)``.
 

@@ -29,8 +29,8 @@ from torch import Tensor
 
 #: the parts of ``α`` scored and gated apart: the inputs ``x`` and the device parameters ``θ``
 PARTS = ("inputs", "params")
-#: the default gate: closed below fidelity 0.3, open above 0.5
-DEFAULT_GATE = (0.3, 0.5)
+#: the default gate: opens at fidelity 0.6, closes again below 0.4
+DEFAULT_GATE = (0.4, 0.6)
 
 
 @dataclass(frozen=True)
@@ -70,10 +70,15 @@ def check_gate(gate: Any, gate_rows: Any) -> tuple[float, float] | None:
 class FidelityMonitor:
     """Running fidelity per part, and the gate it sets.
 
+    The gate is all or nothing, with hysteresis: a part's gate opens once
+    its fidelity reaches ``high`` (after ``gate_rows`` rows) and closes again
+    only if it falls below ``low``.  Not a ramp, and not a flicker: Adam
+    normalises the step, so a VJP scaled by 0.2 moves the layers as far as the
+    whole one, and a gradient that follows a run of zeros (its second-moment
+    estimate decayed) moves them further still.
+
     Args:
-        gate: ``(low, high)`` fidelity cosines: below ``low`` a part's VJP is
-            passed upstream as zero, above ``high`` whole, in between scaled
-            linearly; None: never gated.
+        gate: ``(low, high)`` fidelity cosines (see above); None: never gated.
         gate_rows: probe rows of a part to score before its gate may open.
     """
 
@@ -85,6 +90,7 @@ class FidelityMonitor:
         self.gate_rows = gate_rows
         self.sums = torch.zeros(len(PARTS), 3, dtype=torch.float64)  # Σ p·t, Σ p², Σ t² per part
         self.rows = [0] * len(PARTS)
+        self.open = [False] * len(PARTS)
 
     @property
     def scored(self) -> int:
@@ -108,6 +114,17 @@ class FidelityMonitor:
                 sums = torch.stack([(p * t).sum(), p.pow(2).sum(), t.pow(2).sum()]).cpu()
                 self.sums[index] = self.DECAY * self.sums[index] + sums
                 self.rows[index] += p.numel()
+                self._move_gate(index)
+
+    def _move_gate(self, index: int) -> None:
+        if self.gate is None:
+            return
+        cosine = self.part(PARTS[index]).cosine
+        low, high = self.gate
+        if self.open[index]:
+            self.open[index] = cosine >= low
+        else:
+            self.open[index] = self.rows[index] >= self.gate_rows and cosine >= high
 
     def part(self, part: str) -> Fidelity | None:
         """The running fidelity of ``part`` (``"inputs"`` or ``"params"``); None before any row."""
@@ -123,10 +140,7 @@ class FidelityMonitor:
         """The factor ``part``'s VJP is passed upstream with."""
         if self.gate is None:
             return 1.0
-        if self.rows[PARTS.index(part)] < self.gate_rows:
-            return 0.0
-        low, high = self.gate
-        return min(max((self.part(part).cosine - low) / (high - low), 0.0), 1.0)
+        return 1.0 if self.open[PARTS.index(part)] else 0.0
 
     def apply(self, grad: Tensor, shared: Tensor) -> Tensor:
         """``grad`` ``(B, d)`` with each part scaled by its gate."""
@@ -134,7 +148,8 @@ class FidelityMonitor:
         return torch.where(shared, grad * self.factor("params"), grad * self.factor("inputs"))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"sums": self.sums.clone(), "rows": list(self.rows)}
+        return {"sums": self.sums.clone(), "rows": list(self.rows), "open": list(self.open)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sums, self.rows = state["sums"].clone(), [int(r) for r in state["rows"]]
+        self.open = [bool(o) for o in state["open"]]

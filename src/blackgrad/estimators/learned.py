@@ -128,12 +128,12 @@ class LearnedEstimator(Estimator):
             with an ``out_features`` attribute, e.g.
             :class:`~blackgrad.nets.FourierFeatures` for phase-encoded devices
             (ignored when ``model`` is given).
-        gate: ``(low, high)`` fidelity cosines: below ``low`` the VJP passed
-            upstream is zero, above ``high`` it is the model's, in between
-            scaled linearly; and it stays zero until ``gate_rows`` probe rows
-            were scored.  None: never gated.  An estimator that gets no probe
-            rows at all (``probes=0`` and no wrapper) cannot be scored and is
-            not gated.
+        gate: ``(low, high)`` fidelity cosines: the VJP passed upstream is
+            zero until ``gate_rows`` probe rows were scored and the fidelity
+            reached ``high``, and again if it falls below ``low`` (per part;
+            see :class:`~blackgrad.estimators.fidelity.FidelityMonitor`).
+            None: never gated.  An estimator that gets no probe rows at all
+            (``probes=0`` and no wrapper) cannot be scored and is not gated.
         gate_rows: probe rows to score before the gate may open.
         prior: a :class:`~blackgrad.estimators.DigitalTwin` fed the same
             forward data and probe rows, whose VJP the model corrects: the
@@ -216,7 +216,11 @@ class LearnedEstimator(Estimator):
         """Training loss on a replay minibatch ``rows``."""
 
     def predict_response(self, rows: dict[str, Tensor]) -> Tensor:
-        """The model's prediction of each probe row's ``gᵀs``: ``v̂(α, g)·ε``, shape ``(N,)``."""
+        """The model's prediction of each probe row's ``gᵀs``: ``v̂(α, g)·ε``, shape ``(N,)``.
+
+        From the VJP the estimator would pass upstream, whatever its model is
+        trained on: that is what the fidelity must judge.
+        """
         return (self.predict_vjp(rows["alpha"], rows["grad_out"]) * rows["direction"]).sum(1)
 
     def prior_slope(self, rows: dict[str, Tensor]) -> Tensor | float:

@@ -118,8 +118,5 @@ class LearnedJacobian(LearnedEstimator):
         """``Ĵ(α) ε``, the prior's slope included: ``(N, m)``."""
         return torch.einsum("bmd,bd->bm", self.jacobian(rows["alpha"]), rows["direction"]) + self.prior_slope(rows)
 
-    def predict_response(self, rows: dict[str, Tensor]) -> Tensor:
-        return (rows["grad_out"] * self.predicted_slope(rows)).sum(1)
-
     def fit_loss(self, rows: dict[str, Tensor]) -> Tensor:
         return training_loss(self.predicted_slope(rows), rows["slope"], self.loss)

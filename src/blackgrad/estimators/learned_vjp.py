@@ -108,9 +108,6 @@ class LearnedVJP(LearnedEstimator):
         prior = self.prior_slope(rows)
         return own if self.prior is None else own + (grad * prior).sum(1)
 
-    def predict_response(self, rows: dict[str, Tensor]) -> Tensor:
-        return self._response(rows, rows["grad_out"])
-
     def fit_loss(self, rows: dict[str, Tensor]) -> Tensor:
         grad = random_training_grad(rows, self.train_grad, self.generator)
         return training_loss(self._response(rows, grad), (grad * rows["slope"]).sum(1), self.loss)
