@@ -13,6 +13,7 @@ from blackgrad.bench.runner import build, run_one
 from blackgrad.bench.tasks import HybridNet, tasks
 from blackgrad.cli import app
 from blackgrad.devices import SHG, Drifting, Quantized
+from blackgrad.nets import FourierFeatures
 from blackgrad.estimators import (
     SPSA,
     Broyden,
@@ -73,7 +74,9 @@ def test_defaults_methods_build_each_class_with_its_defaults(name):
         if hasattr(fresh, "step"):
             assert estimator.step == fresh.step  # the class default, not the task's probe_step
             assert estimator.step != tasks()["moons-shg"].probe_step
-        assert getattr(estimator, "embedding", None) is None  # no Fourier features either
+        # not the task's own Fourier frequencies either: the class's default features
+        assert getattr(estimator, "embedding", None) == getattr(fresh, "embedding", None)
+        assert not isinstance(getattr(estimator, "embedding", None), FourierFeatures)
 
 
 def test_make_returning_none_leaves_blackbox_its_default():

@@ -126,8 +126,11 @@ class LearnedEstimator(Estimator):
         optimizer: a ``torch.optim`` class or factory ``params -> Optimizer``.
         embedding: a module applied to ``α`` before the default model's net,
             with an ``out_features`` attribute, e.g.
-            :class:`~blackgrad.nets.FourierFeatures` for phase-encoded devices
-            (ignored when ``model`` is given).
+            :class:`~blackgrad.nets.FourierFeatures` at a phase-encoded
+            device's own frequencies; ``"auto"`` (default): multi-scale
+            Fourier features whose scale is taken from the first inputs
+            (:func:`auto_embedding`); None: the raw ``α``.  Ignored when
+            ``model`` is given.
         gate: ``(low, high)`` fidelity cosines: the VJP passed upstream is
             zero until ``gate_rows`` probe rows were scored and the fidelity
             reached ``high``, and again if it falls below ``low`` (per part;
@@ -161,7 +164,7 @@ class LearnedEstimator(Estimator):
         batch_size: int = 256,
         buffer: int = 8192,
         optimizer: Any = None,
-        embedding: nn.Module | None = None,
+        embedding: nn.Module | str | None = "auto",
         gate: tuple[float, float] | None = DEFAULT_GATE,
         gate_rows: int = 256,
         prior: "LearnedEstimator | None" = None,
@@ -178,7 +181,9 @@ class LearnedEstimator(Estimator):
         check_positive("batch_size", batch_size, integer=True)
         if model is not None and not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        if embedding is not None and not hasattr(embedding, "out_features"):
+        if isinstance(embedding, str):
+            check_option("embedding", embedding, ("auto",))
+        elif embedding is not None and not hasattr(embedding, "out_features"):
             raise TypeError("embedding needs an out_features attribute giving its output width")
         monitor = FidelityMonitor(gate, gate_rows)  # validates the gate before anything is kept
         self.model = model
@@ -304,6 +309,8 @@ class LearnedEstimator(Estimator):
                 raise ValueError(f"{type(self).__name__} was built for a {self.sizes[0]} -> {self.sizes[1]} device, not {d} -> {m}")
             return
         self.sizes = (d, m)
+        if self.embedding == "auto":
+            self.embedding = auto_embedding(d)
         if self.model is None:
             # Initialise from the estimator's own generator without touching the user's RNG.
             with torch.random.fork_rng(devices=[]):
@@ -443,6 +450,27 @@ class LearnedEstimator(Estimator):
             self.generator.set_state(generator_state)
             self.model.load_state_dict(model_state)
             self.optimizer.load_state_dict(state["optimizer"])
+
+
+#: the input-scale multiples of the automatic embedding (``benchmarks/auto_features.py``)
+AUTO_MULTIPLES = (1, 2, 4)
+
+
+def auto_embedding(d: int) -> nn.Module:
+    """The learned models' default input features: :class:`~blackgrad.nets.MultiScaleFourier`.
+
+    ``sin`` and ``cos`` of each coordinate at ``π·(1, 2, 4) / s`` radians per
+    unit, ``s`` the largest ``|α|`` of the first batch the model sees, beside
+    the raw coordinates: a device that responds to its inputs as phases (an
+    optical one) gets features near its own frequency without being told it,
+    and a smooth one keeps the raw inputs.  Chosen over none, the device's
+    own frequencies, denser and wider octave sets, learned frequencies and
+    random Fourier features on four benchmark tasks
+    (``benchmarks/auto_features.py``, BENCHMARKS.md).
+    """
+    from ..nets import MultiScaleFourier
+
+    return MultiScaleFourier(d, AUTO_MULTIPLES)
 
 
 def resolve_prior(prior: Any, estimator: LearnedEstimator, hidden: tuple[int, ...]) -> "LearnedEstimator | None":
