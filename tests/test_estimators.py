@@ -287,3 +287,18 @@ def test_same_seed_same_gradient(make):
     b, _, _ = estimate(make(1), smooth, None, x, g)
     c, _, _ = estimate(make(2), smooth, None, x, g)
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_one_scheme_vocabulary_with_the_older_antithetic_spelling():
+    from blackgrad.estimators import Unbiased
+
+    assert SPSA().scheme == "central" and SPSA(scheme="forward").antithetic is False
+    assert SPSA(antithetic=False).scheme == "forward"
+    assert Unbiased(SPSA()).scheme == "forward" and Unbiased(SPSA(), scheme="central").antithetic
+    for bad in ("no", 1, None.__class__):
+        with pytest.raises(ValueError, match="antithetic must be True or False"):
+            SPSA(antithetic=bad)
+    with pytest.raises(ValueError, match="contradicts"):
+        SPSA(scheme="forward", antithetic=True)
+    with pytest.raises(ValueError, match="unknown scheme"):
+        Unbiased(SPSA(), scheme="two-sided")

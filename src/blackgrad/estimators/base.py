@@ -71,6 +71,28 @@ def check_positive(name: str, value: Any, *, integer: bool = False, allow_none: 
         raise ValueError(f"{name} must be {what}{' or None' if allow_none else ''}, got {value!r}")
 
 
+SCHEMES = ("forward", "central")
+
+
+def resolve_scheme(scheme: Any, antithetic: Any, default: str) -> str:
+    """The difference scheme from ``scheme=`` or its older spelling ``antithetic=`` (a bool).
+
+    ``"forward"``: ``f(α + hε) − f(α)``, reusing the forward output;
+    ``"central"``: ``f(α + hε) − f(α − hε)`` (antithetic).  Giving both and
+    disagreeing, or ``antithetic`` that is not a bool, is an error.
+    """
+    if antithetic is not None and not isinstance(antithetic, bool):
+        raise ValueError(f"antithetic must be True or False (or use scheme='central' / 'forward'), got {antithetic!r}")
+    if scheme is not None:
+        check_option("scheme", scheme, SCHEMES)
+        if antithetic is not None and antithetic != (scheme == "central"):
+            raise ValueError(f"scheme={scheme!r} contradicts antithetic={antithetic!r}; give one of them")
+        return scheme
+    if antithetic is not None:
+        return "central" if antithetic else "forward"
+    return default
+
+
 def default_step(dtype: torch.dtype, order: int) -> float:
     """A difference step that balances truncation and rounding error for ``dtype``.
 

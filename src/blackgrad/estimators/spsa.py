@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import DISTRIBUTIONS, Estimator, VJPQuery, check_option, check_positive, directional_slopes, make_generator
+from .base import DISTRIBUTIONS, Estimator, VJPQuery, check_option, check_positive, directional_slopes, make_generator, resolve_scheme
 
 
 class SPSA(Estimator):
@@ -14,40 +14,48 @@ class SPSA(Estimator):
     Each direction ``δ_i`` has independent zero-mean, unit-variance entries
     (Rademacher ±1 or Gaussian), so ``E[δ δᵀ] = I`` and the estimate is an
     unbiased estimate of the VJP of the finite-difference slope; its variance
-    falls like ``1/k``.  ``antithetic=True`` uses ``Δf = (f(α+cδ) − f(α−cδ))/2``,
-    otherwise the one-sided ``Δf = f(α+cδ) − f(α)`` reusing the forward output.
+    falls like ``1/k``.  ``scheme="central"`` (antithetic, the default) uses
+    ``Δf = (f(α+cδ) − f(α−cδ))/2``, ``scheme="forward"`` the one-sided
+    ``Δf = f(α+cδ) − f(α)`` reusing the forward output.
     θ (shared) coordinates are perturbed identically across the batch, so each
     direction is one device call.
 
-    Cost per ``vjp``: ``2·k·B`` evaluations (antithetic) or ``k·B``, whatever
+    Cost per ``vjp``: ``2·k·B`` evaluations (central) or ``k·B``, whatever
     ``d`` and ``m``.
 
     Args:
         directions: ``k``, directions per sample.
         distribution: ``"rademacher"`` or ``"gaussian"``.
-        antithetic: two-sided differences.
+        antithetic: the older spelling of ``scheme``: True is ``"central"``.
         step: perturbation size ``c``; default: the calibrated profile's, else from the dtype.
         seed: seed of the estimator's own generator.
+        scheme: ``"central"`` (default) or ``"forward"``.
     """
 
-    _repr_fields = ("directions", "distribution", "antithetic", "step")
+    _repr_fields = ("directions", "distribution", "scheme", "step")
 
     def __init__(
         self,
         directions: int = 1,
         distribution: str = "rademacher",
-        antithetic: bool = True,
+        antithetic: bool | None = None,
         step: float | None = None,
         seed: int | None = 0,
+        scheme: str | None = None,
     ) -> None:
         check_positive("directions", directions, integer=True)
         check_option("distribution", distribution, DISTRIBUTIONS)
         check_positive("step", step, allow_none=True)
         self.directions = directions
         self.distribution = distribution
-        self.antithetic = bool(antithetic)
+        self.scheme = resolve_scheme(scheme, antithetic, "central")
         self.step = step
         self.generator = make_generator(seed)
+
+    @property
+    def antithetic(self) -> bool:
+        """True for central (two-sided) differences."""
+        return self.scheme == "central"
 
     def vjp(self, prober, query: VJPQuery) -> Tensor:
         alpha = query.alpha

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import DISTRIBUTIONS, Estimator, VJPQuery, check_option, check_positive, directional_slopes, make_generator
+from .base import DISTRIBUTIONS, Estimator, VJPQuery, check_option, check_positive, directional_slopes, make_generator, resolve_scheme
 from .learned import LearnedEstimator
 
 
@@ -90,27 +90,28 @@ class Unbiased(Estimator):
     learned inner estimator is asked only for its model's VJP and spends no
     probes of its own.  Any other inner estimator runs its own ``vjp``.
 
-    Cost per ``vjp``: ``k·B`` evaluations (``2·k·B`` with ``antithetic=True``),
+    Cost per ``vjp``: ``k·B`` evaluations (``2·k·B`` with ``scheme="central"``),
     plus the inner estimator's own cost if it is not a learned one; the
     coefficient costs no evaluation.
 
     Args:
         inner: the estimator to correct.
         directions: ``k``, probes per sample.
-        antithetic: two-sided differences.
-        step: perturbation size; default from the dtype.
+        antithetic: the older spelling of ``scheme``: True is ``"central"``.
+        step: perturbation size; default: the calibrated profile's, else from the dtype.
         distribution: ``"rademacher"`` or ``"gaussian"``.
         seed: seed of the wrapper's own generator.
         coefficient: ``"optimal"`` (the default: ``c`` estimated online, as
             above) or a fixed finite number (``1.0``: the classic correction,
             exactly as before this option existed; ``0.0``: plain SPSA).
+        scheme: ``"forward"`` (default, reusing the forward output) or ``"central"``.
 
     Attributes:
         c: the coefficient the next backward pass will use (read-only; kept
             in :meth:`state_dict` with the running sums).
     """
 
-    _repr_fields = ("inner", "directions", "antithetic", "step", "coefficient")
+    _repr_fields = ("inner", "directions", "scheme", "step", "coefficient")
     #: weight of the older running sums at each pass (``coefficient="optimal"``)
     DECAY = 0.9
     #: the coefficient before any data (``coefficient="optimal"``)
@@ -120,11 +121,12 @@ class Unbiased(Estimator):
         self,
         inner: Estimator,
         directions: int = 1,
-        antithetic: bool = False,
+        antithetic: bool | None = None,
         step: float | None = None,
         distribution: str = "rademacher",
         seed: int | None = 0,
         coefficient: str | float = "optimal",
+        scheme: str | None = None,
     ) -> None:
         if not isinstance(inner, Estimator):
             raise TypeError(f"inner must be an Estimator, got {inner!r}")
@@ -136,13 +138,18 @@ class Unbiased(Estimator):
         self.coefficient = check_coefficient(coefficient)
         self.inner = inner
         self.directions = directions
-        self.antithetic = bool(antithetic)
+        self.scheme = resolve_scheme(scheme, antithetic, "forward")
         self.step = step
         self.distribution = distribution
         self.generator = make_generator(seed)
         self._c = self.START if self.coefficient == "optimal" else self.coefficient
         self._cross = 0.0  # running Σ (X − c·v)·(Y − v)
         self._power = 0.0  # running Σ |Y − v|²
+
+    @property
+    def antithetic(self) -> bool:
+        """True for central (two-sided) differences."""
+        return self.scheme == "central"
 
     @property
     def c(self) -> float:
