@@ -137,3 +137,24 @@ def test_nan_and_infinite_steps_are_refused_at_construction():
             FiniteDifference(step=bad)
         with pytest.raises(ValueError, match="step must be a positive number"):
             LearnedJacobian(step=bad)
+
+
+@pytest.mark.parametrize(
+    "make, name",
+    [
+        (lambda: DigitalTwin(hidden="128"), "hidden"),
+        (lambda: DigitalTwin(hidden=128), "hidden"),
+        (lambda: LearnedJacobian(hidden=(True, 64)), "hidden size"),
+        (lambda: bg.estimators.LearnedVJP(hidden=(0,)), "hidden size"),
+        (lambda: bg.estimators.LearnedVJP(rank=True), "rank"),
+        (lambda: DigitalTwin(slope_weight=math.nan), "slope_weight"),
+        (lambda: DigitalTwin(slope_weight=True), "slope_weight"),
+        (lambda: DigitalTwin(probes=True), "probes"),
+        (lambda: bg.estimators.LeastSquares(neighbors=True), "neighbors"),
+        (lambda: SPSA(directions=2.0), "directions"),
+        (lambda: LearnedJacobian(embedding="fourier"), "embedding"),
+    ],
+)
+def test_options_of_the_wrong_kind_are_refused_at_construction_by_name(make, name):
+    with pytest.raises(ValueError, match=name):
+        make()

@@ -93,6 +93,16 @@ def resolve_scheme(scheme: Any, antithetic: Any, default: str) -> str:
     return default
 
 
+def check_hidden(hidden: Any) -> tuple[int, ...]:
+    """Hidden layer sizes: a sequence of positive ints (not a bare int, a string or bools)."""
+    if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__iter__"):
+        raise ValueError(f"hidden must be a sequence of positive ints such as (128, 128), got {hidden!r}")
+    sizes = tuple(hidden)
+    for size in sizes:
+        check_positive("each hidden size", size, integer=True)
+    return sizes
+
+
 def default_step(dtype: torch.dtype, order: int) -> float:
     """A difference step that balances truncation and rounding error for ``dtype``.
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nets import MLP, embedded
-from .base import check_option
+from .base import check_option, check_hidden
 from .learned import LearnedEstimator, ReplayBuffer, training_loss
 
 
@@ -80,7 +80,7 @@ class DigitalTwin(LearnedEstimator):
         super().__init__(model=model, probes=probes, buffer=buffer, **options)
         if probes > 0 and (slope_weight <= 0 or not online):
             raise ValueError("DigitalTwin probes are only used with slope_weight > 0 and online=True; otherwise they would be paid for and thrown away")
-        self.hidden = tuple(hidden)
+        self.hidden = check_hidden(hidden)
         self.online = bool(online)
         self.slope_weight = float(slope_weight)
         check_option("slope_fit", slope_fit, ("difference", "jvp"))

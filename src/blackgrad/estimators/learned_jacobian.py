@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nets import MLP, embedded
+from .base import check_hidden
 from .learned import LearnedEstimator, resolve_prior, training_loss
 
 #: the largest ``m·d`` that gets a full Jacobian head by default; above it, a rank-16 one
@@ -92,7 +93,7 @@ class LearnedJacobian(LearnedEstimator):
             raise ValueError(f"rank must be a positive int, 'auto' or None, got {rank!r}")
         super().__init__(model=model, **options)
         self.rank = rank
-        self.hidden = tuple(hidden)
+        self.hidden = check_hidden(hidden)
         # a model given carries the structure the user knows; the default model gets the twin
         self.prior = resolve_prior(("twin" if model is None else None) if prior == "auto" else prior, self, self.hidden)
 

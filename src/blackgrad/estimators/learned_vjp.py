@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nets import MLP, embedded
-from .base import check_option, check_positive
+from .base import check_option, check_positive, check_hidden
 from .learned import LearnedEstimator, random_training_grad, resolve_prior, training_loss
 
 TRAINING_GRADS = ("grad_out", "basis", "random")
@@ -90,7 +90,7 @@ class LearnedVJP(LearnedEstimator):
             raise TypeError("LearnedVJP builds its own bilinear model; pass features= to change the feature net")
         super().__init__(**options)
         self.rank = rank
-        self.hidden = tuple(hidden)
+        self.hidden = check_hidden(hidden)
         self.features = features
         self.train_grad = train_grad
         # a feature net given carries the structure the user chose; the default net gets the twin

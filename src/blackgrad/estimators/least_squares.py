@@ -59,7 +59,7 @@ class LeastSquares(Estimator):
     ) -> None:
         if probes is not None and (isinstance(probes, bool) or not isinstance(probes, int) or probes < 0):
             raise ValueError(f"probes must be a non-negative int or None, got {probes!r}")
-        if not isinstance(neighbors, int) or neighbors < 0:
+        if isinstance(neighbors, bool) or not isinstance(neighbors, int) or neighbors < 0:
             raise ValueError(f"neighbors must be a non-negative int, got {neighbors!r}")
         if probes == 0 and neighbors == 0:
             raise ValueError("LeastSquares needs probes > 0 or neighbors > 0 to see any secant")
