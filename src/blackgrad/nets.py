@@ -123,14 +123,29 @@ class MultiScaleFourier(_InputScaled):
         scale: the input scale ``s``, or None to take it from the first batch.
         trainable: learn the multiples (one set per input, initialised at
             ``multiples``) with the model; otherwise they are a fixed buffer.
+        decay: the features at ``m_k`` are multiplied by ``(min m / m_k)^decay``
+            (0: all of amplitude 1), a prior against high frequencies: the net
+            needs larger weights to use them.
     """
 
     def __init__(
-        self, in_features: int, multiples: Sequence[float] = (0.5, 1, 2, 4, 8), scale: float | None = None, trainable: bool = False
+        self,
+        in_features: int,
+        multiples: Sequence[float] = (0.5, 1, 2, 4, 8),
+        scale: float | None = None,
+        trainable: bool = False,
+        decay: float = 0.0,
     ) -> None:
         super().__init__(scale)
         if not multiples:
             raise ValueError("MultiScaleFourier needs at least one multiple")
+        if any(not (math.isfinite(m) and m > 0) for m in multiples):
+            raise ValueError(f"multiples must be positive, got {tuple(multiples)}")
+        if not (math.isfinite(decay) and decay >= 0):
+            raise ValueError(f"decay must be a non-negative number, got {decay!r}")
+        self.decay = float(decay)
+        lowest = min(float(m) for m in multiples)
+        self.register_buffer("amplitudes", torch.tensor([(lowest / float(m)) ** self.decay for m in multiples]))
         self.in_features = int(in_features)
         self.out_features = self.in_features * (1 + 2 * len(multiples))
         grid = torch.tensor([float(m) for m in multiples]).expand(self.in_features, -1).clone()
@@ -145,8 +160,9 @@ class MultiScaleFourier(_InputScaled):
 
     def forward(self, z: Tensor) -> Tensor:
         omega = math.pi * self.multiples.to(z.dtype) / self._scale_for(z)
-        angles = (z.unsqueeze(-1) * omega).flatten(1)
-        return torch.cat([z, torch.sin(angles), torch.cos(angles)], dim=1)
+        angles = z.unsqueeze(-1) * omega
+        amplitudes = self.amplitudes.to(z.dtype)
+        return torch.cat([z, (torch.sin(angles) * amplitudes).flatten(1), (torch.cos(angles) * amplitudes).flatten(1)], dim=1)
 
 
 class RandomFourierFeatures(_InputScaled):
