@@ -72,11 +72,11 @@ OUT = Path("runs/auto_features")
 CANDIDATES: dict[str, Callable[[int, object], nn.Module | None]] = {
     "none": lambda d, task: None,
     "task": lambda d, task: FourierFeatures(d, task.frequencies) if task is not None and task.frequencies else None,
-    "ms3": lambda d, task: MultiScaleFourier(d, (1, 2, 4)),
-    "ms5": lambda d, task: MultiScaleFourier(d, (0.5, 1, 2, 4, 8)),
-    "ms5 s=1": lambda d, task: MultiScaleFourier(d, (0.5, 1, 2, 4, 8), scale=1.0),
-    "ms7": lambda d, task: MultiScaleFourier(d, (0.5, 1, 1.5, 2, 3, 4, 6)),
-    "ms5 learned": lambda d, task: MultiScaleFourier(d, (0.5, 1, 2, 4, 8), trainable=True),
+    "oct 1-4": lambda d, task: MultiScaleFourier(d, (1, 2, 4)),
+    "oct .5-8": lambda d, task: MultiScaleFourier(d, (0.5, 1, 2, 4, 8)),
+    "oct .5-8 s=1": lambda d, task: MultiScaleFourier(d, (0.5, 1, 2, 4, 8), scale=1.0),
+    "dense .5-6": lambda d, task: MultiScaleFourier(d, (0.5, 1, 1.5, 2, 3, 4, 6)),
+    "oct .5-8 learned": lambda d, task: MultiScaleFourier(d, (0.5, 1, 2, 4, 8), trainable=True),
     "oct .5-2": lambda d, task: MultiScaleFourier(d, (0.5, 1, 2)),
     "oct .25-2": lambda d, task: MultiScaleFourier(d, (0.25, 0.5, 1, 2)),
     "oct .25-4": lambda d, task: MultiScaleFourier(d, (0.25, 0.5, 1, 2, 4)),
@@ -92,6 +92,9 @@ CANDIDATES: dict[str, Callable[[int, object], nn.Module | None]] = {
 }
 
 TASKS = ("digits-shg", "digits-oscillators", "moons-shg")
+
+#: the first round's candidates (the ``prune`` stage's default)
+PRUNE = ("none", "task", "oct 1-4", "oct .5-8", "oct .5-8 s=1", "dense .5-6", "oct .5-8 learned", "rff π", "rff 2π", "rff 4π")
 
 
 def twin(device, task, seed: int, embedding: nn.Module | None) -> DigitalTwin:
@@ -253,7 +256,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("stage", choices=("prune", "full", "devices", "table"))
     parser.add_argument("files", nargs="*", help="for 'table': JSON files to print")
-    parser.add_argument("--embeddings", default=",".join(CANDIDATES))
+    parser.add_argument("--embeddings", default=None, help="comma-separated names (default: prune's first-round list)")
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--seeds", default=None, help="comma-separated (default: prune 0, full 0,1, devices 0)")
     parser.add_argument("--epochs-factor", type=int, default=None, help="epochs = task.epochs × this (default: prune 4, full 1)")
@@ -265,7 +268,7 @@ def main() -> None:
             print(device_table(records) if records and "device" in records[0] else task_table(records))
             print()
         return
-    names = [n for n in args.embeddings.split(",") if n]
+    names = [n for n in (args.embeddings or ",".join(PRUNE)).split(",") if n]
     unknown = [n for n in names if n not in CANDIDATES]
     if unknown:
         parser.error(f"unknown embeddings {unknown}; choose from {list(CANDIDATES)}")

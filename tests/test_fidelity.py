@@ -222,3 +222,21 @@ def test_the_gate_opens_at_high_and_closes_only_below_low():
     assert feed(0.5) == 1.0  # ... and an open one stays open
     assert feed(0.2) == 0.0
     assert monitor.part("inputs").cosine == pytest.approx(0.2, abs=0.02)
+
+
+def test_known_measurement_noise_is_taken_out_of_the_fidelity_but_never_more_than_half():
+    from blackgrad.estimators.fidelity import FidelityMonitor
+
+    generator = torch.Generator().manual_seed(1)
+    truth = torch.randn(20_000, generator=generator, dtype=torch.float64)
+    measured = truth + torch.randn(20_000, generator=generator, dtype=torch.float64)  # noise variance 1
+    direction = torch.ones(20_000, 2)
+    raw, corrected, overstated = FidelityMonitor(), FidelityMonitor(), FidelityMonitor()
+    raw.score(truth, measured, direction, None)
+    corrected.score(truth, measured, direction, None, noise=torch.ones(20_000))
+    overstated.score(0.1 * truth + torch.randn(20_000, generator=generator, dtype=torch.float64), measured, direction, None, noise=torch.full((20_000,), 5.0))
+    # a perfect model seen through noise as loud as the signal: cosine 1/√2 measured, 1 corrected
+    assert raw.part("inputs").cosine == pytest.approx(2**-0.5, abs=0.02)
+    assert corrected.part("inputs").cosine == pytest.approx(1.0, abs=0.03)
+    # an overstated noise can raise a poor model's cosine by √2 at most
+    assert overstated.part("inputs").cosine < 2**0.5 * 0.1 and overstated.part("inputs").cosine < 0.6

@@ -7,8 +7,10 @@ point times the device's slope ``s`` along a random direction ``ε``, and the
 model predicts it, before it learns from the row, as ``v̂·ε`` from its own VJP
 ``v̂``.  Since ``E[(a·ε)(b·ε)] = a·b`` for Rademacher ``ε``, the cosine between
 predictions and measurements over many rows estimates the cosine between the
-model's VJP and the device's — pulled down by the measurement noise, so it
-errs on the safe side.
+model's VJP and the device's — pulled down by the measurement noise.  Where
+the device was calibrated, the noise's known share of the measured responses'
+power is taken out (at most halving it, so that an overestimated noise can
+at most raise a cosine by √2).
 
 The monitor keeps that running score for the inputs ``x`` and the device
 parameters ``θ`` apart (θ's gradient is summed over the batch, so a model's
@@ -88,7 +90,7 @@ class FidelityMonitor:
     def __init__(self, gate: tuple[float, float] | None = DEFAULT_GATE, gate_rows: int = 256) -> None:
         self.gate = check_gate(gate, gate_rows)
         self.gate_rows = gate_rows
-        self.sums = torch.zeros(len(PARTS), 3, dtype=torch.float64)  # Σ p·t, Σ p², Σ t² per part
+        self.sums = torch.zeros(len(PARTS), 4, dtype=torch.float64)  # Σ p·t, Σ p², Σ t², Σ noise² per part
         self.rows = [0] * len(PARTS)
         self.open = [False] * len(PARTS)
 
@@ -97,21 +99,25 @@ class FidelityMonitor:
         """Rows scored so far, whatever part they moved."""
         return max(self.rows)
 
-    def score(self, predicted: Tensor, measured: Tensor, direction: Tensor, shared: Tensor | None) -> None:
+    def score(
+        self, predicted: Tensor, measured: Tensor, direction: Tensor, shared: Tensor | None, noise: Tensor | None = None
+    ) -> None:
         """Add rows: the model's ``predicted`` and the ``measured`` responses ``(N,)``.
 
         A row counts for the inputs if its ``direction`` ``(N, d)`` moved any
         input, for the parameters if it moved any coordinate marked in
-        ``shared`` ``(d,)`` (None: no parameters).
+        ``shared`` ``(d,)`` (None: no parameters).  ``noise`` ``(N,)``: the
+        variance the measurement noise adds to each measured response, if known.
         """
         predicted, measured = predicted.detach().double(), measured.detach().double()
+        noise = torch.zeros_like(measured) if noise is None else noise.detach().double().to(measured.device)
         moved = direction != 0
         shared = torch.zeros(moved.shape[1], dtype=torch.bool) if shared is None else shared
         shared = shared.to(moved.device)
         for index, mask in enumerate(((moved & ~shared).any(1), (moved & shared).any(1))):
             p, t = predicted[mask], measured[mask]
             if p.numel():
-                sums = torch.stack([(p * t).sum(), p.pow(2).sum(), t.pow(2).sum()]).cpu()
+                sums = torch.stack([(p * t).sum(), p.pow(2).sum(), t.pow(2).sum(), noise[mask].sum()]).cpu()
                 self.sums[index] = self.DECAY * self.sums[index] + sums
                 self.rows[index] += p.numel()
                 self._move_gate(index)
@@ -131,9 +137,10 @@ class FidelityMonitor:
         index = PARTS.index(part)
         if self.rows[index] == 0:
             return None
-        pt, pp, tt = self.sums[index].tolist()
-        cosine = pt / math.sqrt(pp * tt) if pp > 0 and tt > 0 else 0.0
-        relative = (pp - 2 * pt + tt) / tt if tt > 0 else float("inf")
+        pt, pp, tt, noise = self.sums[index].tolist()
+        signal = max(tt - noise, tt / 2)  # the measured power less the noise's share, at most halved
+        cosine = min(pt / math.sqrt(pp * signal), 1.0) if pp > 0 and signal > 0 else 0.0
+        relative = (pp - 2 * pt + signal) / signal if signal > 0 else float("inf")
         return Fidelity(cosine=cosine, relative_error=relative, rows=self.rows[index])
 
     def factor(self, part: str) -> float:
@@ -152,4 +159,6 @@ class FidelityMonitor:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sums, self.rows = state["sums"].clone(), [int(r) for r in state["rows"]]
+        if self.sums.shape[1] == 3:  # saved before the noise sum existed
+            self.sums = torch.cat([self.sums, torch.zeros(len(PARTS), 1, dtype=torch.float64)], 1)
         self.open = [bool(o) for o in state["open"]]

@@ -160,7 +160,7 @@ class LearnedEstimator(Estimator):
         scheme: str = "forward",
         loss: str = "mse",
         lr: float = 1e-3,
-        updates: int = 4,
+        updates: int = 8,
         batch_size: int = 256,
         buffer: int = 8192,
         optimizer: Any = None,
@@ -259,6 +259,11 @@ class LearnedEstimator(Estimator):
     def needs_profile(self) -> bool:
         return self.step is None and self.probes > 0
 
+    def calibrate(self, profile) -> None:
+        super().calibrate(profile)
+        if self.prior is not None:
+            self.prior.calibrate(profile)
+
     # ------------------------------------------------------------ fidelity
     #: whether each own probe row moves the inputs or θ alone (see :meth:`probe`), so that the
     #: two parts are scored on rows of their own; otherwise rows move both and count for both
@@ -284,7 +289,19 @@ class LearnedEstimator(Estimator):
         with torch.no_grad():
             predicted = self.predict_response(rows)
         measured = (rows["grad_out"] * rows["slope"]).sum(1)
-        self.monitor.score(predicted, measured, rows["direction"], self._shared)
+        self.monitor.score(predicted, measured, rows["direction"], self._shared, self._slope_noise(rows))
+
+    def _slope_noise(self, rows: dict[str, Tensor]) -> Tensor | None:
+        """The variance the device's noise adds to each row's ``gᵀs`` (``g`` of unit norm), if calibrated.
+
+        A one-sided slope ``(f(α + hε) − y) / h`` holds two readings, each with
+        the profile's noise floor: ``2 σ² / h²``; a central one ``σ² / 2h²``.
+        """
+        if self.profile is None or self.profile.noise_floor == 0:
+            return None
+        floor = self.profile.noise_floor**2
+        step = rows["step"].double()
+        return torch.where(rows["central"], floor / (2 * step**2), 2 * floor / step**2)
 
     def probe_cost(self, d: int, m: int, batch: int) -> int:
         if d == 0:
