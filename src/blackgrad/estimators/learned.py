@@ -18,10 +18,10 @@ The lifecycle of a :class:`LearnedEstimator`, one backward pass at a time:
    :class:`Fidelity`;
 3. :meth:`~LearnedEstimator.update` takes ``updates`` optimiser steps on
    replay minibatches: the one place training happens, once per ``vjp``;
-4. the VJP comes from the model, at no further device cost, scaled by the
-   fidelity gate: while the model's fidelity is low it passes nothing (or
-   less) upstream, so that an untrained model cannot wreck the layers
-   before it.
+4. the VJP comes from the model, at no further device cost, through the
+   fidelity gate: while the model's fidelity is low it passes nothing
+   upstream, so that an untrained model cannot wreck the layers before it
+   (:class:`~blackgrad.estimators.fidelity.FidelityMonitor`).
 """
 
 from __future__ import annotations
