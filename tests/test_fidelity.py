@@ -240,3 +240,15 @@ def test_known_measurement_noise_is_taken_out_of_the_fidelity_but_never_more_tha
     assert corrected.part("inputs").cosine == pytest.approx(1.0, abs=0.03)
     # an overstated noise can raise a poor model's cosine by √2 at most
     assert overstated.part("inputs").cosine < 2**0.5 * 0.1 and overstated.part("inputs").cosine < 0.6
+
+
+def test_the_default_jacobian_head_is_low_rank_once_m_times_d_is_large():
+    from blackgrad.estimators.learned_jacobian import DEFAULT_RANK, FULL_HEAD_LIMIT, _FullJacobian, _LowRankJacobian
+
+    small, large = LearnedJacobian(hidden=(8,)), LearnedJacobian(hidden=(8,))
+    small.prepare(16, 16, torch.zeros(1))
+    large.prepare(512, 512, torch.zeros(1))
+    assert 16 * 16 <= FULL_HEAD_LIMIT < 512 * 512
+    assert isinstance(small.model, _FullJacobian) and isinstance(large.model, _LowRankJacobian)
+    outputs = large.model.net[-1][-1].out_features
+    assert outputs == (512 + 512) * DEFAULT_RANK  # grows like (m + d)·r, not m·d
