@@ -470,13 +470,13 @@ class LearnedEstimator(Estimator):
 
 
 #: the input-scale multiples of the automatic embedding (``benchmarks/auto_features.py``)
-AUTO_MULTIPLES = (1, 2, 4)
+AUTO_MULTIPLES = (0.5, 1, 2)
 
 
 def auto_embedding(d: int) -> nn.Module:
     """The learned models' default input features: :class:`~blackgrad.nets.MultiScaleFourier`.
 
-    ``sin`` and ``cos`` of each coordinate at ``π·(1, 2, 4) / s`` radians per
+    ``sin`` and ``cos`` of each coordinate at ``π·(0.5, 1, 2) / s`` radians per
     unit, ``s`` the largest ``|α|`` of the first batch the model sees, beside
     the raw coordinates: a device that responds to its inputs as phases (an
     optical one) gets features near its own frequency without being told it,
