@@ -128,3 +128,23 @@ def test_twin_with_multiscale_embedding_learns_scale_from_its_inputs():
     other = DigitalTwin(hidden=(16,), embedding=MultiScaleFourier(3), seed=0)
     other.load_state_dict(state)
     assert other.embedding.scale.item() == pytest.approx(alpha.abs().max().item())
+
+
+def test_default_multiples_are_half_one_two():
+    features = MultiScaleFourier(2, scale=1.0)
+    assert features.out_features == 2 * 7
+    assert torch.allclose(features.frequencies(), torch.tensor([[0.5, 1.0, 2.0]] * 2) * math.pi)
+
+
+def test_decay_weights_high_frequencies_down():
+    flat = MultiScaleFourier(1, (1, 4), scale=1.0)
+    decayed = MultiScaleFourier(1, (1, 4), scale=1.0, decay=1.0)
+    z = torch.tensor([[0.1], [0.3]])
+    a, b = flat(z), decayed(z)
+    # columns: z, sin(π z), sin(4π z), cos(π z), cos(4π z)
+    assert torch.allclose(b[:, [0, 1, 3]], a[:, [0, 1, 3]])
+    assert torch.allclose(b[:, [2, 4]], a[:, [2, 4]] / 4)
+    with pytest.raises(ValueError):
+        MultiScaleFourier(1, decay=-1.0)
+    with pytest.raises(ValueError):
+        MultiScaleFourier(1, (1, 0))

@@ -10,7 +10,7 @@
   are phases (or that respond with high spatial frequency).
 * :class:`MultiScaleFourier` — periodic features at octave-spaced frequencies
   relative to the scale of the inputs seen, for devices whose frequencies are
-  not known.
+  not known (the learned estimators' default input features).
 * :class:`RandomFourierFeatures` — sines and cosines of random projections of
   the inputs (Gaussian frequencies relative to the scale of the inputs seen).
 """
@@ -104,18 +104,22 @@ class MultiScaleFourier(_InputScaled):
     """``z ↦ (z, sin(ω_k z), cos(ω_k z))`` with ``ω_k = π·m_k / s``: octaves relative to the input scale ``s``.
 
     For a device whose frequencies nobody gave (compare
-    :class:`FourierFeatures`, which is told them): the multiples ``m_k``
-    (default ``0.5, 1, 2, 4, 8``) span four octaves around one half-period
-    per input scale, so a response periodic in its input at any frequency in
-    that range (SHG's phases at ``phase_scale`` π or 3π per unit of input, the
-    drive detunings of :class:`~blackgrad.devices.Oscillators`) has features
-    near its own frequency, while the raw ``z`` keeps smooth responses
-    (linear devices, amplitudes) as easy as for a plain MLP.
+    :class:`FourierFeatures`, which is told them).  The default multiples
+    ``m_k = 0.5, 1, 2`` give periods of ``4s``, ``2s`` and ``s``: half a
+    period, one and two periods across inputs in ``[-s, s]``.
+    The net's products of these make the harmonics above them, so one set
+    served SHG at 3π and at π of phase per unit of input and the drive
+    detunings of :class:`~blackgrad.devices.Oscillators`; the raw ``z`` keeps
+    smooth responses (linear devices, amplitudes) as easy as for a plain MLP.
+    Sets reaching higher (to ``6π/s``) gave the 3π SHG of the moons task a
+    better VJP cosine and three π SHG layers in series a much worse one
+    (``benchmarks/auto_features.py``).
 
     ``s`` (``scale``) is given, or ``None``: the largest ``|z|`` of the first
     batch the module sees (for a black box: the first inputs it was run on),
-    stored in the ``scale`` buffer.  ``out_features = in_features · (1 + 2K)``
-    for ``K`` multiples.
+    stored in the ``scale`` buffer and kept from then on (a later, wider batch
+    does not move it: the net's weights are fitted to the features as they
+    are).  ``out_features = in_features · (1 + 2K)`` for ``K`` multiples.
 
     Args:
         in_features: input size.
@@ -131,7 +135,7 @@ class MultiScaleFourier(_InputScaled):
     def __init__(
         self,
         in_features: int,
-        multiples: Sequence[float] = (0.5, 1, 2, 4, 8),
+        multiples: Sequence[float] = (0.5, 1, 2),
         scale: float | None = None,
         trainable: bool = False,
         decay: float = 0.0,
