@@ -160,9 +160,10 @@ def test_options_of_the_wrong_kind_are_refused_at_construction_by_name(make, nam
         make()
 
 
-def test_blackbox_without_an_estimator_uses_the_recommended_twin_and_calibrates_it():
+def test_blackbox_without_an_estimator_uses_the_recommended_estimator_and_calibrates_it():
     box = bg.BlackBox(Noisy(SHG(), std=0.01, seed=0), params=SHG().default_params())
-    assert isinstance(box.estimator, DigitalTwin) and box.estimator.probes == 1.0 and box.estimator.slope_weight == 1.0
+    assert isinstance(box.estimator, LearnedJacobian) and box.estimator.probes == 1.0
+    assert isinstance(box.estimator.prior, DigitalTwin) and box.estimator.prior.slope_weight == 1.0
     box(X.clone().requires_grad_(True)).sum().backward()
     assert box.calls.calibration == calibration_cost(8, 8, 2) and box.calls.probe == 32
     assert box.estimator.buffer.data["step"][0].item() == pytest.approx(box.profile.step)

@@ -11,21 +11,24 @@ from .calibration import DeviceProfile, calibrate as measure_profile
 from .errors import InputShapeError
 from .estimators.base import Estimator, VJPQuery
 from .estimators.exact import require_graph
-from .estimators.digital_twin import DigitalTwin
+from .estimators.learned_jacobian import LearnedJacobian
 from .prober import Ledger, Prober, RetryPolicy
 
 
 def default_estimator() -> Estimator:
-    """The estimator a :class:`BlackBox` uses when given none.
+    """The estimator a :class:`BlackBox` uses when given none: ``LearnedJacobian()``.
 
-    The online :class:`~blackgrad.estimators.DigitalTwin` with its defaults:
-    it learns from every forward batch (free) and one probe slope per sample
-    (one evaluation), probes with the calibrated step, and withholds its
-    gradient while its fidelity is low.  The benchmark's defaults section
-    (``blackgrad bench --section defaults``) compares it with every other
-    estimator's defaults on every task.
+    With its defaults that is a :class:`~blackgrad.estimators.DigitalTwin`
+    fitted to every forward batch (free) and one probe slope per sample (one
+    evaluation), plus a learned Jacobian correction trained on what the
+    twin's slopes leave unexplained; it probes with the calibrated step and
+    withholds its gradient while its fidelity is low.  In the benchmark's
+    defaults section (``blackgrad bench --section defaults``: every
+    estimator's defaults on seven tasks, one seed) it reached 0.838–0.998 of
+    exact backprop's accuracy at 2 evaluations per sample and layer, the
+    highest on average and at worst; the twin alone ranged 0.763–0.995.
     """
-    return DigitalTwin()
+    return LearnedJacobian()
 
 
 class _BlackBoxFunction(torch.autograd.Function):
@@ -62,8 +65,8 @@ class BlackBox(nn.Module):
             noisy, non-differentiable, or talk to an instrument; returned
             arrays are converted to tensors with the dtype and device of ``x``.
         estimator: the :class:`~blackgrad.estimators.Estimator` supplying the
-            backward pass (default :func:`default_estimator`: the online
-            :class:`~blackgrad.estimators.DigitalTwin` fitted to the forward
+            backward pass (default :func:`default_estimator`: a learned
+            Jacobian on top of an online digital twin, fitted to the forward
             values and one probe slope per sample).
         params: initial device parameters θ (e.g. a phase mask), flattened to
             ``(p,)`` and trained like any ``nn.Parameter``; their gradient is
