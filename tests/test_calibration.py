@@ -167,3 +167,13 @@ def test_blackbox_without_an_estimator_uses_the_recommended_estimator_and_calibr
     box(X.clone().requires_grad_(True)).sum().backward()
     assert box.calls.calibration == calibration_cost(8, 8, 2) and box.calls.probe == 32
     assert box.estimator.buffer.data["step"][0].item() == pytest.approx(box.profile.step)
+
+
+def test_a_calibration_that_does_not_fit_the_budget_spends_nothing():
+    box = bg.BlackBox(Noisy(SHG(), std=0.01, seed=0), SPSA(), budget=100, name="lab")
+    with pytest.raises(bg.BudgetExhausted, match=r"'lab' is spent: 0 used .* this calibration needs 272 more"):
+        box(X.clone().requires_grad_(True))
+    assert box.calls.total == 0 and box.profile is None
+    box.budget = 10_000  # raise it and redo the step
+    box(X.clone().requires_grad_(True)).sum().backward()
+    assert box.calls.calibration == 272 and box.profile is not None

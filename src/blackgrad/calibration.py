@@ -166,6 +166,8 @@ def calibrate(
 
     base = alpha[: min(points, alpha.shape[0])]
     count, d = base.shape
+    # the whole calibration fits the budget, or none of it is spent
+    prober._check_budget(calibration_cost(count, repeats, directions), "calibration")
     spread = flat.std(0, unbiased=False).pow(2).mean().sqrt().item() if flat.shape[0] > 1 else 0.0
     input_scale = spread if spread > 0 else 1.0
 
@@ -198,7 +200,7 @@ def calibrate(
         noise=noise,
         quantum=quantum,
         scale=scale,
-        input_scale=spread if spread > 0 else 1.0,
+        input_scale=input_scale,
         step=step,
         length_scale=length_scale,
         evaluations=calibration_cost(count, repeats, directions, len(steps)),
