@@ -251,9 +251,7 @@ class LearnedEstimator(Estimator):
         self.update()
         with torch.no_grad():
             grad = self.predict_vjp(query.alpha, query.grad_out)
-        if self.monitor.scored == 0 and self.probes == 0:
-            return grad  # nothing probed for it: it cannot be scored, so it is not gated
-        return self.monitor.apply(grad, query.shared)
+        return grad if self._unscored else self.monitor.apply(grad, query.shared)
 
     @property
     def needs_profile(self) -> bool:
@@ -278,11 +276,14 @@ class LearnedEstimator(Estimator):
         """The running fidelity of the rows that moved ``part`` (``"inputs"`` or ``"params"``)."""
         return self.monitor.part(part)
 
+    @property
+    def _unscored(self) -> bool:
+        """Nothing is probed for it (no probes of its own, no wrapper's): it cannot be scored, nor gated."""
+        return self.monitor.scored == 0 and self.probes == 0
+
     def gate_factor(self, part: str = "inputs") -> float:
         """The factor the VJP of ``part`` is passed upstream with (see ``gate``)."""
-        if self.monitor.scored == 0 and self.probes == 0:
-            return 1.0
-        return self.monitor.factor(part)
+        return 1.0 if self._unscored else self.monitor.factor(part)
 
     def _score(self, rows: dict[str, Tensor]) -> None:
         """Score new probe rows, *before* the model has trained on them (:class:`FidelityMonitor`)."""
