@@ -3,7 +3,8 @@
 A hybrid model — a digital Linear+tanh layer, the physical layer (second-
 harmonic generation of a shaped femtosecond pulse, with 1 % noise and an
 8-bit spectrometer), a digital readout — is trained three ways, side by side
-on the same split and seed: with the recommended gradient estimator, with
+on the same split and seed: as `BlackBox(device)` with no options (it
+calibrates itself and uses the recommended gradient estimator), with
 exact backprop through the clean physics (the limit a real device would not
 allow), and with the readout alone (reservoir computing, no gradient through
 the device).
@@ -15,8 +16,8 @@ from pathlib import Path
 
 from .bench import run_benchmark
 
-#: the estimator the demo recommends (see BENCHMARKS.md for why)
-RECOMMENDED = "twin-slopes"
+#: the estimator the demo recommends: BlackBox's own default, with no options (see BENCHMARKS.md for why)
+RECOMMENDED = "default"
 
 
 def run_demo(out: Path, quick: bool = False, seed: int = 0) -> Path:

@@ -26,7 +26,8 @@ def default_estimator() -> Estimator:
     defaults section (``blackgrad bench --section defaults``: every
     estimator's defaults on seven tasks, one seed) it reached 0.838–0.998 of
     exact backprop's accuracy at 2 evaluations per sample and layer, the
-    highest on average and at worst; the twin alone ranged 0.763–0.995.
+    highest on average and at worst; the twin alone ranged 0.763–0.995
+    (BENCHMARKS.md).
     """
     return LearnedJacobian()
 
