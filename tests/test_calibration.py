@@ -177,3 +177,46 @@ def test_a_calibration_that_does_not_fit_the_budget_spends_nothing():
     box.budget = 10_000  # raise it and redo the step
     box(X.clone().requires_grad_(True)).sum().backward()
     assert box.calls.calibration == 272 and box.profile is not None
+
+
+def test_complex_inputs_are_not_calibrated_and_still_train():
+    box = bg.BlackBox(lambda x: x * x.abs(), FiniteDifference())
+    x = torch.randn(8, 3, dtype=torch.complex64, requires_grad=True)
+    box(x).abs().sum().backward()
+    assert box.profile is None and box.calls.calibration == 0 and x.grad is not None
+
+
+def test_a_given_profile_survives_loading_a_checkpoint_that_has_none():
+    profile = bg.calibrate(Noisy(SHG(), std=0.01, seed=0), X)
+    plain = bg.BlackBox(Noisy(SHG(), std=0.01, seed=0), FiniteDifference(), calibrate=False)
+    plain(X[:2])
+    box = bg.BlackBox(Noisy(SHG(), std=0.01, seed=0), FiniteDifference(), calibrate=profile)
+    box.load_state_dict(plain.state_dict())
+    assert box.profile == profile and box.estimator.probe_step(torch.float32, 2) == profile.step
+
+
+def test_finite_differences_take_a_calibrated_step_as_the_displacement_it_was_measured_as():
+    profile = bg.calibrate(Noisy(SHG(), std=0.01, seed=0), X)
+    seen = []
+
+    def device(x):
+        seen.append(x.detach().clone())
+        return SHG()(x)
+
+    box = bg.BlackBox(device, FiniteDifference(scheme="forward"), calibrate=profile)
+    x = (X[:2] * 10).requires_grad_(True)  # inputs far above 1: a relative step would be ten times wider
+    box(x).sum().backward()
+    moved = (seen[1].reshape(16, 2, 16) - x.detach()).abs().amax(2)
+    assert torch.allclose(moved, torch.full_like(moved, profile.step), rtol=1e-3)
+    # a step the user gives stays relative, as documented
+    seen.clear()
+    told = bg.BlackBox(device, FiniteDifference(scheme="forward", step=0.01), calibrate=False)
+    told(x).sum().backward()
+    moved = (seen[1].reshape(16, 2, 16) - x.detach()).abs().amax(2)
+    assert torch.allclose(moved, 0.01 * x.detach().abs().clamp(min=1).T.reshape(16, 2), rtol=1e-3)
+
+
+def test_a_budget_too_small_for_calibration_says_how_to_go_on_without_it():
+    box = bg.BlackBox(Noisy(SHG(), std=0.01, seed=0), SPSA(), budget=200)
+    with pytest.raises(bg.BudgetExhausted, match="calibrate=False or a DeviceProfile"):
+        box(X.clone().requires_grad_(True))

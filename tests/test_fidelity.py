@@ -252,3 +252,17 @@ def test_the_default_jacobian_head_is_low_rank_once_m_times_d_is_large():
     assert isinstance(small.model, _FullJacobian) and isinstance(large.model, _LowRankJacobian)
     outputs = large.model.net[-1][-1].out_features
     assert outputs == (512 + 512) * DEFAULT_RANK  # grows like (m + d)·r, not m·d
+
+
+def test_only_a_twin_can_be_a_prior():
+    for bad in (LearnedJacobian(prior=None), LearnedVJP(prior=None)):
+        with pytest.raises(TypeError, match="prior must be a DigitalTwin"):
+            LearnedJacobian(prior=bad)
+
+
+def test_fractional_probes_that_round_to_none_leave_the_estimator_ungated_not_silent():
+    estimator = LearnedJacobian(hidden=(8,), probes=0.25, step=1e-3)
+    box = bg.BlackBox(torch.tanh, estimator, calibrate=False)
+    x = batch(0, rows=2).requires_grad_(True)
+    box(x).sum().backward()  # round(0.25 · 2) = 0 probes: nothing scored
+    assert box.calls.probe == 0 and estimator.fidelity is None and x.grad.abs().max().item() > 0

@@ -78,8 +78,10 @@ class BlackBox(nn.Module):
             a backward pass are packed into as few calls as this allows).
         retries: how often a device call that raised (or returned NaN/Inf) is
             repeated before the error is raised; or a full :class:`RetryPolicy`.
-        budget: the most device evaluations allowed in total; training stops
-            with :class:`~blackgrad.errors.BudgetExhausted` when it is spent.
+        budget: the most device evaluations allowed in total, calibration's
+            included (272 by default, needed whole on the first training
+            batch); training stops with
+            :class:`~blackgrad.errors.BudgetExhausted` when it is spent.
         numpy: call ``fun`` with numpy arrays instead of tensors.
         name: how errors and reports name the device.
         calibrate: ``True`` (default): on the first training batch that needs
@@ -206,7 +208,15 @@ class BlackBox(nn.Module):
         if theta is not None and theta.dtype != flat.dtype:
             theta = theta.to(flat.dtype)
         wants_gradient = torch.is_grad_enabled() and (flat.requires_grad or (theta is not None and theta.requires_grad))
-        if self.training and wants_gradient and self._calibrate and self.profile is None and self.estimator.needs_profile and x.shape[0] > 0:
+        if (
+            self.training
+            and wants_gradient
+            and self._calibrate
+            and self.profile is None
+            and self.estimator.needs_profile
+            and x.shape[0] > 0
+            and not x.is_complex()  # calibration measures real devices; complex ones keep their steps
+        ):
             self.calibrate(x)
         if self.estimator.differentiates_device:
             y = self.prober.forward(flat, theta, differentiable=True)
@@ -280,8 +290,10 @@ class BlackBox(nn.Module):
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.estimator.load_state_dict(state["estimator"])
         self._ledger.load_dict(state["ledger"])
-        profile = state.get("profile")
-        self.profile = None if profile is None else DeviceProfile.from_state_dict(profile)
+        # the checkpoint's profile wins; one without (saved before calibrating, or by a box that
+        # never calibrates) leaves this box's own, e.g. a profile given to the constructor
+        if state.get("profile") is not None:
+            self.profile = DeviceProfile.from_state_dict(state["profile"])
         self.estimator.calibrate(self.profile)
         if state["in_shape"] is not None:
             self._in_shape = tuple(state["in_shape"])

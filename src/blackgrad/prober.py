@@ -223,6 +223,11 @@ class Prober:
                 f"{self.ledger.total} used (forward={self.ledger.forward}, probe={self.ledger.probe}, "
                 f"calibration={self.ledger.calibration}, failed={self.ledger.failed}) and this {kind} needs {requested} more; "
                 "nothing of this request was evaluated. Raise the budget or reset the ledger to continue."
+                + (
+                    " Calibration needs its whole cost at once: or give BlackBox calibrate=False or a DeviceProfile."
+                    if kind == "calibration"
+                    else ""
+                )
             )
 
     def _call(self, x: Tensor, theta: Tensor | None, kind: str, differentiable: bool) -> Tensor:

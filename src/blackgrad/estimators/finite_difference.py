@@ -13,17 +13,18 @@ class FiniteDifference(Estimator):
 
     ``central``: ``J e_j ≈ (f(α + h e_j) − f(α − h e_j)) / 2h``, error O(h²).
     ``forward``: ``J e_j ≈ (f(α + h e_j) − f(α)) / h`` reusing the forward
-    output, error O(h).  The step is ``h_j = step · max(1, |α_j|)``.
+    output, error O(h).
 
     Cost per ``vjp`` on a batch of ``B`` with ``d`` active coordinates:
     ``2·d·B`` evaluations (central) or ``d·B`` (forward), whatever ``m``.
 
     Args:
-        step: relative step; default the step of the device profile that
-            :class:`~blackgrad.BlackBox` calibrated (the same displacement
-            per moved coordinate as the random-direction estimators'), else
-            :func:`~blackgrad.estimators.base.default_step` for the dtype
-            (right for clean float functions only).
+        step: relative step (``h_j = step · max(1, |α_j|)``); default the
+            step of the device profile that :class:`~blackgrad.BlackBox`
+            calibrated, taken as it was measured: an absolute displacement of
+            the moved coordinate; else
+            :func:`~blackgrad.estimators.base.default_step` for the dtype,
+            relative (right for clean float functions only).
         scheme: ``"central"`` or ``"forward"``.
     """
 
@@ -44,7 +45,10 @@ class FiniteDifference(Estimator):
         central = self.scheme == "central"
         base = self.probe_step(alpha.dtype, 2 if central else 1)
         rows = torch.arange(k, device=alpha.device)
-        h = base * alpha[:, index].abs().clamp(min=1.0).T  # (k, B)
+        if self._step_is_absolute:
+            h = alpha.new_full((k, batch), base)
+        else:
+            h = base * alpha[:, index].abs().clamp(min=1.0).T  # (k, B)
         plus = alpha.expand(k, batch, -1).clone()
         plus[rows, :, index] += h
         # The steps really taken, after rounding.
@@ -62,6 +66,11 @@ class FiniteDifference(Estimator):
             columns = (f_plus - query.y) / taken.unsqueeze(-1)
         grad[:, index] = torch.einsum("bm,kbm->bk", query.grad_out, columns)
         return grad
+
+    @property
+    def _step_is_absolute(self) -> bool:
+        """A calibrated step is a displacement, measured as such; a given or dtype step is relative."""
+        return self.step is None and self.profile is not None and self.profile.step is not None
 
     def probe_cost(self, d: int, m: int, batch: int) -> int:
         return (2 if self.scheme == "central" else 1) * d * batch

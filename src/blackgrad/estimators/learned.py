@@ -201,8 +201,8 @@ class LearnedEstimator(Estimator):
         self.generator = make_generator(seed)
         self.sizes: tuple[int, int] | None = None  # (d, m) once known
         self.train_losses: list[float] = []
-        if prior is not None and not isinstance(prior, LearnedEstimator):
-            raise TypeError(f"prior must be a DigitalTwin (or another learned estimator) or None, got {prior!r}")
+        if prior is not None and not hasattr(prior, "twin_slope"):
+            raise TypeError(f"prior must be a DigitalTwin or None, got {prior!r}")
         self.prior = prior
         self.monitor = monitor
         self._shared: Tensor | None = None  # (d,) which coordinates are θ, once known
@@ -278,8 +278,10 @@ class LearnedEstimator(Estimator):
 
     @property
     def _unscored(self) -> bool:
-        """Nothing is probed for it (no probes of its own, no wrapper's): it cannot be scored, nor gated."""
-        return self.monitor.scored == 0 and self.probes == 0
+        """No probe row has reached it yet (none of its own, as for ``probes=0``, nor a wrapper's):
+        it cannot be scored, so it is not gated.  (With probes, a backward pass records its rows
+        before it answers, so only a fraction of probes that rounds to none leaves it unscored.)"""
+        return self.monitor.scored == 0
 
     def gate_factor(self, part: str = "inputs") -> float:
         """The factor the VJP of ``part`` is passed upstream with (see ``gate``)."""
@@ -498,13 +500,14 @@ def resolve_prior(prior: Any, estimator: LearnedEstimator, hidden: tuple[int, ..
     slopes; it spends no probes of its own and is never gated on its own
     (the estimator it serves is).
     """
-    if prior is None or isinstance(prior, LearnedEstimator):
+    from .digital_twin import DigitalTwin
+
+    if prior is None or isinstance(prior, DigitalTwin):
         return prior
     if not isinstance(prior, str):
-        raise TypeError(f"prior must be a DigitalTwin (or another learned estimator), 'twin' or None, got {prior!r}")
+        raise TypeError(f"prior must be a DigitalTwin, 'twin' or None, got {prior!r}")
     if prior != "twin":
         raise ValueError(f"prior must be 'twin', a DigitalTwin or None, got {prior!r}")
-    from .digital_twin import DigitalTwin
 
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=estimator.generator))
     return DigitalTwin(
