@@ -302,3 +302,17 @@ def test_one_scheme_vocabulary_with_the_older_antithetic_spelling():
         SPSA(scheme="forward", antithetic=True)
     with pytest.raises(ValueError, match="unknown scheme"):
         Unbiased(SPSA(), scheme="two-sided")
+
+
+def test_a_state_saved_by_another_kind_of_estimator_is_refused_before_anything_changes():
+    from blackgrad.estimators import DigitalTwin, LearnedJacobian, Unbiased
+
+    with pytest.raises(ValueError, match="saved by a SPSA; it cannot be loaded into a LeastSquares"):
+        LeastSquares().load_state_dict(SPSA().state_dict())
+    with pytest.raises(ValueError, match="saved by a DigitalTwin; it cannot be loaded into a LearnedJacobian"):
+        LearnedJacobian().load_state_dict(DigitalTwin().state_dict())
+    wrapper = Unbiased(SPSA(seed=3), seed=5)
+    before = wrapper.generator.get_state().clone()
+    with pytest.raises(ValueError, match="saved by a Broyden"):
+        wrapper.load_state_dict(Unbiased(Broyden(), seed=7).state_dict())
+    assert torch.equal(wrapper.generator.get_state(), before)  # the inner mismatch was found first

@@ -207,13 +207,20 @@ class Estimator(abc.ABC):
         """Probe evaluations one ``vjp`` call spends on ``d`` active coordinates."""
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {}
+        state: dict[str, Any] = {"kind": type(self).__name__}
         generator = getattr(self, "generator", None)
         if generator is not None:
             state["generator"] = generator.get_state()
         return state
 
+    def check_state(self, state: dict[str, Any]) -> None:
+        """Refuse, before anything is changed, a state saved by another kind of estimator."""
+        kind = state.get("kind") if isinstance(state, dict) else None
+        if kind is not None and kind != type(self).__name__:
+            raise ValueError(f"this state was saved by a {kind}; it cannot be loaded into a {type(self).__name__}")
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.check_state(state)
         generator = getattr(self, "generator", None)
         if generator is not None and "generator" in state:
             generator.set_state(state["generator"])

@@ -232,6 +232,10 @@ class Unbiased(Estimator):
         state["coefficient"] = {"c": self._c, "cross": self._cross, "power": self._power}
         return state
 
+    def check_state(self, state) -> None:
+        super().check_state(state)
+        self.inner.check_state(state["inner"])
+
     def load_state_dict(self, state) -> None:
         super().load_state_dict(state)
         self.inner.load_state_dict(state["inner"])
