@@ -263,3 +263,22 @@ def test_a_step_too_small_for_the_dtype_raises_instead_of_a_zero_gradient():
     box = bg.BlackBox(torch.sin, FiniteDifference(step=1e-12))
     with pytest.raises(FloatingPointError, match="returned NaN or Inf gradients for black box 'sin'"):
         box(x).sum().backward()
+
+
+def test_a_one_dimensional_batch_must_say_whether_it_holds_scalars():
+    box = bg.BlackBox(torch.sin, FiniteDifference(), calibrate=False)
+    with pytest.raises(bg.InputShapeError, match=r"got shape \(3,\): for one sample use x.unsqueeze\(0\)"):
+        box(torch.randn(3))
+    assert box.in_shape is None  # nothing was fixed by the refused call
+    scalars = bg.BlackBox(torch.sin, FiniteDifference(), in_shape=(), calibrate=False)
+    x = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    scalars(x).sum().backward()
+    assert torch.allclose(x.grad, torch.cos(x.detach()), atol=1e-6)
+
+
+def test_a_two_dimensional_parameter_is_refused_instead_of_copied():
+    weight = nn.Parameter(torch.zeros(3, 4))
+    with pytest.raises(ValueError, match=r"must be 1-D \(p,\), got shape \(3, 4\)"):
+        bg.BlackBox(lambda x, th: x, params=weight)
+    flat = nn.Parameter(torch.zeros(12))
+    assert bg.BlackBox(lambda x, th: x, params=flat).params is flat  # the caller's own parameter is trained

@@ -139,8 +139,13 @@ class BlackBox(nn.Module):
         if params is not None:
             if not isinstance(params, Tensor):
                 raise TypeError(f"params must be a tensor, got {type(params).__name__}")
-            flat = params if isinstance(params, nn.Parameter) and params.dim() == 1 else nn.Parameter(params.detach().reshape(-1).clone())
-            self.params = flat
+            if isinstance(params, nn.Parameter) and params.dim() != 1:
+                # a flattened copy would be a new parameter: the caller's optimiser would never train it
+                raise ValueError(
+                    f"params as an nn.Parameter must be 1-D (p,), got shape {tuple(params.shape)}; "
+                    "pass a plain tensor to have BlackBox make its own flat parameter, or flatten yours"
+                )
+            self.params = params if isinstance(params, nn.Parameter) else nn.Parameter(params.detach().reshape(-1).clone())
         else:
             self.register_parameter("params", None)
         self.fun = fun
@@ -192,6 +197,12 @@ class BlackBox(nn.Module):
             raise TypeError(f"BlackBox {self.name!r} takes a tensor batch, got {type(x).__name__}")
         if x.dim() == 0:
             raise InputShapeError(f"BlackBox {self.name!r} takes a batch (B, *in_shape); got a scalar")
+        if x.dim() == 1 and self._in_shape != ():
+            # one sample of shape (n,) and a batch of n scalars look alike: make the caller say which
+            raise InputShapeError(
+                f"BlackBox {self.name!r} takes a batch (B, *in_shape); got shape {tuple(x.shape)}: for one "
+                "sample use x.unsqueeze(0), for a batch of scalars give in_shape=()"
+            )
         if not (x.is_floating_point() or x.is_complex()):
             raise TypeError(f"BlackBox {self.name!r} takes a floating-point batch, got {x.dtype}")
         if self.prober is None:
