@@ -282,3 +282,11 @@ def test_a_two_dimensional_parameter_is_refused_instead_of_copied():
         bg.BlackBox(lambda x, th: x, params=weight)
     flat = nn.Parameter(torch.zeros(12))
     assert bg.BlackBox(lambda x, th: x, params=flat).params is flat  # the caller's own parameter is trained
+
+
+def test_exact_handles_an_empty_batch_like_every_other_estimator():
+    box = bg.BlackBox(torch.sin, Exact())
+    box(torch.randn(3, 2, requires_grad=True)).sum().backward()
+    x = torch.randn(0, 2, requires_grad=True)
+    box(x).sum().backward()
+    assert x.grad.shape == (0, 2) and box.calls.forward == 3

@@ -231,7 +231,9 @@ class BlackBox(nn.Module):
             self.calibrate(x)
         if self.estimator.differentiates_device:
             y = self.prober.forward(flat, theta, differentiable=True)
-            if wants_gradient:
+            if batch == 0:  # nothing was evaluated, so nothing carries a graph: zero gradients, as elsewhere
+                y = y + 0 * (flat.sum() + (0 if theta is None else theta.sum()))
+            elif wants_gradient:
                 require_graph(y, self.name)
         else:
             y = _BlackBoxFunction.apply(flat, theta, self)
