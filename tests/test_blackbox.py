@@ -290,3 +290,17 @@ def test_exact_handles_an_empty_batch_like_every_other_estimator():
     x = torch.randn(0, 2, requires_grad=True)
     box(x).sum().backward()
     assert x.grad.shape == (0, 2) and box.calls.forward == 3
+
+
+def test_half_precision_is_refused_for_estimators_that_difference_or_learn():
+    from blackgrad.estimators import DigitalTwin, StraightThrough
+
+    x = torch.randn(4, 3, dtype=torch.float16, requires_grad=True)
+    for estimator in (FiniteDifference(), LeastSquares(), DigitalTwin(probes=0)):
+        box = bg.BlackBox(torch.sin, estimator, calibrate=False)
+        with pytest.raises(TypeError, match="too coarse for; cast the input to float32"):
+            box(x)
+        assert box.calls.total == 0
+    surrogate = bg.BlackBox(torch.sin, StraightThrough())  # no differences, no model: half precision is fine
+    surrogate(x).sum().backward()
+    assert x.grad.dtype == torch.float16

@@ -11,6 +11,7 @@ from .calibration import DeviceProfile, calibrate as measure_profile
 from .errors import InputShapeError
 from .estimators.base import Estimator, VJPQuery
 from .estimators.exact import require_graph
+from .estimators.learned import LearnedEstimator
 from .estimators.learned_jacobian import LearnedJacobian
 from .prober import Ledger, Prober, RetryPolicy
 
@@ -219,6 +220,12 @@ class BlackBox(nn.Module):
         if theta is not None and theta.dtype != flat.dtype:
             theta = theta.to(flat.dtype)
         wants_gradient = torch.is_grad_enabled() and (flat.requires_grad or (theta is not None and theta.requires_grad))
+        if wants_gradient and flat.dtype in (torch.float16, torch.bfloat16) and self._estimate_needs_precision:
+            # a difference of two half-precision readings is mostly rounding: refuse before spending anything
+            raise TypeError(
+                f"BlackBox {self.name!r}: {type(self.estimator).__name__} estimates gradients from differences "
+                f"and learned models, which {flat.dtype} is too coarse for; cast the input to float32 (x.float())"
+            )
         if (
             self.training
             and wants_gradient
@@ -315,6 +322,11 @@ class BlackBox(nn.Module):
                 self.prober.out_shape = tuple(state["out_shape"])
 
     # --------------------------------------------------------------- internal
+    @property
+    def _estimate_needs_precision(self) -> bool:
+        """Whether the estimator differences device readings or trains a model (not Exact or a surrogate)."""
+        return self.estimator.probe_cost(1, 1, 64) > 0 or isinstance(self.estimator, LearnedEstimator)
+
     def _make_prober(self, in_shape: tuple[int, ...]) -> None:
         p = 0 if self.params is None else self.params.numel()
         self.prober = Prober(self.fun, in_shape, n_params=p, out_shape=self._out_shape, **self._prober_options)
