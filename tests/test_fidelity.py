@@ -266,3 +266,12 @@ def test_fractional_probes_that_round_to_none_leave_the_estimator_ungated_not_si
     x = batch(0, rows=2).requires_grad_(True)
     box(x).sum().backward()  # round(0.25 · 2) = 0 probes: nothing scored
     assert box.calls.probe == 0 and estimator.fidelity is None and x.grad.abs().max().item() > 0
+
+
+def test_a_learned_estimator_cast_to_another_dtype_says_so():
+    box = bg.BlackBox(torch.tanh, LearnedJacobian(hidden=(8,), step=1e-3), calibrate=False)
+    model = nn.Sequential(nn.Linear(3, N), box)
+    model(torch.randn(8, 3)).sum().backward()
+    model.double()
+    with pytest.raises(TypeError, match="built for torch.float32 inputs and now gets torch.float64"):
+        model(torch.randn(8, 3, dtype=torch.float64)).sum().backward()

@@ -327,6 +327,13 @@ class LearnedEstimator(Estimator):
         if self.sizes is not None:
             if self.sizes != (d, m):
                 raise ValueError(f"{type(self).__name__} was built for a {self.sizes[0]} -> {self.sizes[1]} device, not {d} -> {m}")
+            built = next(self.model.parameters(), None)
+            if built is not None and built.dtype != like.real.dtype:
+                raise TypeError(
+                    f"{type(self).__name__} was built for {built.dtype} inputs and now gets {like.real.dtype} "
+                    "(the model around it was cast?): give the black box a new estimator, or keep its inputs "
+                    f"in {built.dtype}"
+                )
             return
         self.sizes = (d, m)
         if self.embedding == "auto":
