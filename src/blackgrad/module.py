@@ -267,7 +267,7 @@ class BlackBox(nn.Module):
 
     @property
     def fidelity(self):
-        """The estimator's running :class:`~blackgrad.estimators.learned.Fidelity` (None if it keeps none)."""
+        """The estimator's running :class:`~blackgrad.estimators.fidelity.Fidelity` (None if it keeps none)."""
         return getattr(self.estimator, "fidelity", None)
 
     def pretrain(self, x: Tensor, epochs: int = 50, progress: bool = False) -> list[float]:
