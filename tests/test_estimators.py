@@ -179,7 +179,7 @@ def test_spsa_is_unbiased_within_a_statistical_bound():
     x0 = torch.randn(1, 4, dtype=torch.float64)
     g0 = torch.randn(1, 3, dtype=torch.float64)
     for distribution in ("rademacher", "gaussian"):
-        box = bg.BlackBox(smooth, SPSA(directions=1, distribution=distribution, seed=11))
+        box = bg.BlackBox(smooth, SPSA(directions=1, distribution=distribution, seed=11, gate=None))
         x = x0.expand(rows, 4).clone().requires_grad_(True)
         box(x).backward(g0.expand(rows, 3))
         exact, _ = reference(smooth, None, x0, g0)
@@ -194,7 +194,7 @@ def test_spsa_error_falls_as_directions_grow():
     exact, _ = reference(smooth, None, x, g)
     errors = {}
     for k in (1, 4, 16, 64):
-        est, _, _ = estimate(SPSA(directions=k, seed=5), smooth, None, x, g)
+        est, _, _ = estimate(SPSA(directions=k, seed=5, gate=None), smooth, None, x, g)
         errors[k] = ((est - exact).norm(dim=1) / exact.norm(dim=1)).mean().item()
     assert errors[4] < errors[1] and errors[16] < errors[4] and errors[64] < errors[16]
     # variance ~ 1/k: 64x the directions, about 8x less error
@@ -279,7 +279,7 @@ def test_unknown_or_bad_options_are_rejected(make, message):
 
 
 # Broyden without its gate: a first call is gated shut, which would hide the seed's effect
-@pytest.mark.parametrize("make", [lambda s: SPSA(directions=2, seed=s), lambda s: LeastSquares(probes=2, seed=s), lambda s: Broyden(seed=s, gate=None)])
+@pytest.mark.parametrize("make", [lambda s: SPSA(directions=2, seed=s, gate=None), lambda s: LeastSquares(probes=2, seed=s), lambda s: Broyden(seed=s, gate=None)])
 def test_same_seed_same_gradient(make):
     x = torch.randn(4, 4, dtype=torch.float64)
     g = torch.randn(4, 3, dtype=torch.float64)

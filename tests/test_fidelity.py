@@ -275,3 +275,69 @@ def test_a_learned_estimator_cast_to_another_dtype_says_so():
     model.double()
     with pytest.raises(TypeError, match="built for torch.float32 inputs and now gets torch.float64"):
         model(torch.randn(8, 3, dtype=torch.float64)).sum().backward()
+
+
+# ------------------------------------------------- random-direction estimators
+def _spread_run(estimator, d, m, rows, agree, passes=150, seed=0):
+    """Train nothing: ``passes`` backward passes through ``x ↦ x Aᵀ``; returns the true cosines.
+
+    The cosine compared is that of the batch-summed input gradient with the
+    exact one, the quantity the spread score estimates.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    matrix = torch.randn(m, d, dtype=torch.float64, generator=generator)
+    box = bg.BlackBox(lambda x: x @ matrix.T, estimator, calibrate=False)
+    cosines = []
+    for _ in range(passes):
+        x = torch.randn(rows, d, dtype=torch.float64, generator=generator, requires_grad=True)
+        g = torch.randn(rows, m, dtype=torch.float64, generator=generator)
+        if agree:  # samples whose gradients mostly agree, as in a trained model's batch
+            g = torch.randn(1, m, dtype=torch.float64, generator=generator) + 0.3 * g
+        box(x).backward(g)
+        cosines.append(nn.functional.cosine_similarity(x.grad.sum(0), (g @ matrix).sum(0), dim=0).item())
+    return box, torch.tensor(cosines)
+
+
+@pytest.mark.parametrize("d, m, rows, k", [(16, 8, 64, 1), (64, 64, 64, 1), (32, 16, 16, 4), (4, 4, 64, 2)])
+def test_spsa_scores_its_batch_summed_gradient_by_its_own_spread(d, m, rows, k):
+    box, cosines = _spread_run(bg.estimators.SPSA(directions=k, step=1e-2, gate=None, seed=1), d, m, rows, agree=True)
+    # the decayed running score against the true cosine of the last ~10 passes' sums
+    assert box.fidelity.cosine == pytest.approx(cosines[-30:].mean().item(), abs=0.08)
+    assert box.fidelity.rows == 150 * rows
+
+
+def test_spsa_withholds_a_gradient_that_is_mostly_noise_and_passes_a_clear_one():
+    noisy, _ = _spread_run(bg.estimators.SPSA(step=1e-2, seed=1), 64, 8, 16, agree=False, passes=40)
+    assert noisy.fidelity.cosine < 0.4 and noisy.estimator.monitor.factor("inputs") == 0.0
+    x = torch.randn(16, 64, dtype=torch.float64, requires_grad=True)
+    noisy(x).sum().backward()
+    assert torch.count_nonzero(x.grad) == 0  # shut: nothing moves upstream
+    clear, cosines = _spread_run(bg.estimators.SPSA(step=1e-2, seed=1), 4, 4, 64, agree=True, passes=40)
+    assert clear.fidelity.cosine > 0.6 and clear.estimator.monitor.factor("inputs") == 1.0
+    assert cosines[-1] > 0.6 and torch.count_nonzero(clear.estimator.monitor.sums) > 0
+
+
+def test_unbiased_passes_a_good_models_correction_and_withholds_a_noisy_one():
+    def twin(weight):
+        model = nn.Linear(N, M, bias=False).double()
+        with torch.no_grad():
+            model.weight.copy_(weight)
+        return DigitalTwin(model=model, updates=0, step=1e-3)
+
+    good = bg.estimators.Unbiased(twin(A + 0.01 * A.flip(0)), seed=1)
+    bad = bg.estimators.Unbiased(twin(torch.zeros(M, N)), seed=1)
+    for estimator in (good, bad):
+        box = bg.BlackBox(linear, estimator, calibrate=False)
+        for seed in range(40):  # 320 rows: past gate_rows
+            x = batch(seed, rows=8).requires_grad_(True)
+            box(x).backward(torch.randn(8, M, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)))
+    assert good.fidelity.cosine > 0.9 and good.monitor.factor("inputs") == 1.0
+    # a zero model leaves plain SPSA: one direction in 6 dimensions and 8 disagreeing samples
+    assert bad.fidelity.cosine < 0.6 and bad.monitor.factor("inputs") == 0.0
+
+
+def test_the_spread_score_and_gate_survive_state_dict():
+    box, _ = _spread_run(bg.estimators.SPSA(step=1e-2, seed=1), 4, 4, 64, agree=True, passes=10)
+    fresh = bg.estimators.SPSA(step=1e-2, seed=5)
+    fresh.load_state_dict(copy.deepcopy(box.estimator.state_dict()))
+    assert fresh.fidelity == box.fidelity and fresh.monitor.open == box.estimator.monitor.open

@@ -109,7 +109,7 @@ SHRUNK = dict(scale=0.5, error=orthogonal_error(0.05, seed=3))  # the right dire
 @pytest.mark.parametrize("inner", [BAD, SHRUNK], ids=["bad", "shrunk"])
 def test_the_mean_of_many_estimates_is_the_exact_vjp(coefficient, inner):
     inner = Known(**inner)
-    estimator = Unbiased(inner, seed=7, coefficient=coefficient)
+    estimator = Unbiased(inner, seed=7, coefficient=coefficient, gate=None)
     passes(estimator, 5, 200)  # warm-up: the online coefficient has moved off its start
     draws = passes(estimator, 40, 200).reshape(-1, DA)
     mean, sem = draws.mean(0), draws.std(0) / draws.shape[0] ** 0.5
@@ -150,11 +150,11 @@ def test_the_optimal_coefficient_is_never_worse_than_spsa_or_the_classic_correct
         passes(estimator, warm, batch)  # the same directions for all three (same seed)
         return spread(passes(estimator, count, batch))
 
-    optimal = Unbiased(inner, seed=seed)
+    optimal = Unbiased(inner, seed=seed, gate=None)
     var = {
         "optimal": measured(optimal),
-        "spsa": measured(SPSA(directions=1, antithetic=False, seed=seed)),
-        "c=1": measured(Unbiased(inner, seed=seed, coefficient=1.0)),
+        "spsa": measured(SPSA(directions=1, antithetic=False, seed=seed, gate=None)),
+        "c=1": measured(Unbiased(inner, seed=seed, coefficient=1.0, gate=None)),
     }
     c_star = analytic_c(inner)
     theory = {"optimal": analytic_variance(inner, c_star), "spsa": analytic_variance(inner, 0.0), "c=1": analytic_variance(inner, 1.0)}
@@ -171,7 +171,7 @@ def test_the_optimal_coefficient_is_never_worse_than_spsa_or_the_classic_correct
 
 def test_a_shrunk_model_is_where_the_optimal_coefficient_gains_most():
     inner = Known(**SHRUNK)
-    optimal, classic = Unbiased(inner, seed=2), Unbiased(inner, seed=2, coefficient=1.0)
+    optimal, classic = Unbiased(inner, seed=2, gate=None), Unbiased(inner, seed=2, coefficient=1.0, gate=None)
     passes(optimal, 10, 128), passes(classic, 10, 128)
     assert spread(passes(optimal, 20, 128)) < 0.05 * spread(passes(classic, 20, 128))
     assert optimal.c > 1.5  # not clipped to [0, 1]: c* ≈ 2 is right here
@@ -210,7 +210,7 @@ def test_no_active_coordinate_costs_nothing_and_leaves_the_coefficient():
 # ---------------------------------------------------- the two fixed endpoints
 def test_coefficient_one_is_the_classic_correction_and_zero_is_plain_spsa():
     inner, q, k = Known(**BAD), query(8), 3
-    classic = Unbiased(inner, seed=6, directions=k, coefficient=1.0)
+    classic = Unbiased(inner, seed=6, directions=k, coefficient=1.0, gate=None)
     replay = copy.deepcopy(classic.generator)
     got = classic.vjp(device, q)
     delta = q.directions(k, replay)
@@ -219,8 +219,8 @@ def test_coefficient_one_is_the_classic_correction_and_zero_is_plain_spsa():
     residual = torch.einsum("bm,kbm->kb", q.grad_out, slope) - torch.einsum("bd,kbd->kb", v, delta)
     expected = v + torch.einsum("kb,kbd->bd", residual, delta) / k
     assert torch.allclose(got[:, ACTIVE], expected[:, ACTIVE], rtol=1e-6, atol=1e-6 * float(U.norm()))
-    plain = Unbiased(inner, seed=6, directions=k, coefficient=0.0).vjp(device, q)
-    spsa = SPSA(directions=k, antithetic=False, seed=6).vjp(device, q)
+    plain = Unbiased(inner, seed=6, directions=k, coefficient=0.0, gate=None).vjp(device, q)
+    spsa = SPSA(directions=k, antithetic=False, seed=6, gate=None).vjp(device, q)
     assert torch.allclose(plain[:, ACTIVE], spsa[:, ACTIVE], rtol=1e-6, atol=1e-6 * float(U.norm()))
 
 
@@ -229,7 +229,7 @@ def test_coefficient_one_is_the_classic_correction_and_zero_is_plain_spsa():
 def test_state_dict_round_trip_reproduces_the_run(learned):
     def make(seed):
         inner = LearnedVJP(rank=4, hidden=(8,), probes=0, seed=seed) if learned else Known(**SHRUNK)
-        return Unbiased(inner, seed=seed)
+        return Unbiased(inner, seed=seed, gate=None)  # the coefficient's state, not the gate's
 
     first = make(1)
     passes(first, 4, 16)

@@ -122,6 +122,46 @@ class FidelityMonitor:
                 self.rows[index] += p.numel()
                 self._move_gate(index)
 
+    def score_spread(self, estimate: Tensor, responses: Tensor, directions: Tensor, shared: Tensor) -> None:
+        """Score a random-direction estimate by its own spread (no model to compare with).
+
+        ``estimate`` ``(B, d)`` is ``v + (1/k) Σ_i r_i ε_i`` with ``k``
+        directions ``ε_i`` ``(k, B, d)`` (Rademacher or Gaussian, zero where
+        inactive, θ's coordinates shared by the batch) and their responses
+        ``r_i`` ``(k, B)``, and any fixed ``v``.  Each part is scored on its
+        sum over the batch — for θ the gradient passed upstream, for the
+        inputs the gradient of a bias just before the device, the simplest
+        upstream parameter.  With ``P`` coordinates in a part, a single
+        direction's term ``r ε`` has variance about ``P·E[r²]`` summed over
+        them, so the variance of the batch sum is estimated as
+        ``P/k² Σ_{i,b} r²`` for the inputs (independent across the batch) and
+        ``P/k² Σ_i (Σ_b r)²`` for θ (one direction per ``i`` for the whole
+        batch).  The sum's power less that variance estimates the power of
+        its mean, and the cosine between the sum and its mean is
+        ``sqrt(1 − variance / power)``.  (The estimate counts the
+        measurement noise in ``r`` as variance, as it should, and errs high
+        by ``|mean|²/P`` per term for Rademacher directions: a little
+        pessimistic in few dimensions.)  Each scored pass counts as ``B`` rows.
+        """
+        estimate, responses = estimate.detach().double(), responses.detach().double()
+        k, batch = responses.shape
+        moved = (directions != 0).any(0).any(0).cpu()  # (d,) active coordinates
+        shared = shared.cpu()
+        for index, mask in enumerate((moved & ~shared, moved & shared)):
+            count = int(mask.sum())
+            if count == 0 or batch == 0:
+                continue
+            power = estimate[:, mask.to(estimate.device)].sum(0).pow(2).sum()
+            if index == 0:
+                variance = count * responses.pow(2).sum() / k**2
+            else:
+                variance = count * responses.sum(1).pow(2).sum() / k**2
+            signal = power - variance
+            sums = torch.stack([signal, power, signal, torch.zeros_like(power)]).cpu()
+            self.sums[index] = self.DECAY * self.sums[index] + sums
+            self.rows[index] += batch
+            self._move_gate(index)
+
     def _move_gate(self, index: int) -> None:
         if self.gate is None:
             return
@@ -149,10 +189,17 @@ class FidelityMonitor:
             return 1.0
         return 1.0 if self.open[PARTS.index(part)] else 0.0
 
-    def apply(self, grad: Tensor, shared: Tensor) -> Tensor:
-        """``grad`` ``(B, d)`` with each part scaled by its gate."""
+    def apply(self, grad: Tensor, shared: Tensor, fallback: Tensor | None = None) -> Tensor:
+        """``grad`` ``(B, d)`` with each part scaled by its gate.
+
+        With a ``fallback`` ``(B, d)``, a shut part passes the fallback instead of zero.
+        """
         shared = shared.to(grad.device)
-        return torch.where(shared, grad * self.factor("params"), grad * self.factor("inputs"))
+        if fallback is None:
+            return torch.where(shared, grad * self.factor("params"), grad * self.factor("inputs"))
+        params = grad if self.factor("params") else fallback
+        inputs = grad if self.factor("inputs") else fallback
+        return torch.where(shared, params, inputs)
 
     def state_dict(self) -> dict[str, Any]:
         return {"sums": self.sums.clone(), "rows": list(self.rows), "open": list(self.open)}

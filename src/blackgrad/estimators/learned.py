@@ -251,7 +251,11 @@ class LearnedEstimator(Estimator):
         self.update()
         with torch.no_grad():
             grad = self.predict_vjp(query.alpha, query.grad_out)
-        return grad if self._unscored else self.monitor.apply(grad, query.shared)
+        return self.gated(grad, query.shared)
+
+    def gated(self, grad: Tensor, shared: Tensor) -> Tensor:
+        """What this estimator passes upstream for its model's VJP ``grad``: each part through its gate."""
+        return grad if self._unscored else self.monitor.apply(grad, shared)
 
     @property
     def needs_profile(self) -> bool:

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from .base import DISTRIBUTIONS, Estimator, VJPQuery, check_option, check_positive, directional_slopes, make_generator, resolve_scheme
+from .fidelity import DEFAULT_GATE, Fidelity, FidelityMonitor
 from .learned import LearnedEstimator
 
 
@@ -85,6 +86,20 @@ class Unbiased(Estimator):
     the batch, the directions of all samples agree, and the variance of the
     batch-summed θ gradient is not what ``c`` minimises.
 
+    The gate.  The correction's variance grows with the dimension, and a
+    corrected estimate whose noise swamps its mean trains the layers before
+    the device worse than no gradient (under Adam, which normalises the
+    step).  So the estimate scores itself by its spread, at no cost, as
+    :class:`~blackgrad.estimators.SPSA` does (the cosine between its
+    batch-summed estimate and that sum's mean, from the variance of the
+    residual responses ``gᵀs_i − c·v·ε_i``), and each part (inputs, θ) is
+    corrected only while its cosine is high.  While a part's gate is shut it
+    passes what the inner estimator alone would pass (a learned inner
+    estimator's VJP through its own gate, so zero while that is shut too):
+    never much worse than the inner estimator, but not unbiased.
+    ``gate=None`` keeps the estimate unbiased at every pass, whatever its
+    variance.
+
     The same probes are then handed to a learned inner estimator as training
     rows (after ``v`` was computed, so the correction stays unbiased); a
     learned inner estimator is asked only for its model's VJP and spends no
@@ -105,6 +120,9 @@ class Unbiased(Estimator):
             above) or a fixed finite number (``1.0``: the classic correction,
             exactly as before this option existed; ``0.0``: plain SPSA).
         scheme: ``"forward"`` (default, reusing the forward output) or ``"central"``.
+        gate: ``(low, high)`` fidelity cosines of the gate, or None (see
+            :class:`~blackgrad.estimators.fidelity.FidelityMonitor`).
+        gate_rows: samples to score before the gate may open.
 
     Attributes:
         c: the coefficient the next backward pass will use (read-only; kept
@@ -127,6 +145,8 @@ class Unbiased(Estimator):
         seed: int | None = 0,
         coefficient: str | float = "optimal",
         scheme: str | None = None,
+        gate: tuple[float, float] | None = DEFAULT_GATE,
+        gate_rows: int = 256,
     ) -> None:
         if not isinstance(inner, Estimator):
             raise TypeError(f"inner must be an Estimator, got {inner!r}")
@@ -136,6 +156,7 @@ class Unbiased(Estimator):
         check_positive("step", step, allow_none=True)
         check_option("distribution", distribution, DISTRIBUTIONS)
         self.coefficient = check_coefficient(coefficient)
+        self.monitor = FidelityMonitor(gate, gate_rows)  # validates the gate
         self.inner = inner
         self.directions = directions
         self.scheme = resolve_scheme(scheme, antithetic, "forward")
@@ -187,7 +208,9 @@ class Unbiased(Estimator):
         c = self._c  # from past passes only: independent of this pass's directions
         along = torch.einsum("bm,kbm->kb", query.grad_out, slope)  # gᵀ s_i
         projected = torch.einsum("bd,kbd->kb", v, delta)  # v·ε_i
-        corrected = c * v + torch.einsum("kb,kbd->bd", along - c * projected, delta) / k
+        residual = along - c * projected  # gᵀ s_i − c·v·ε_i
+        corrected = c * v + torch.einsum("kb,kbd->bd", residual, delta) / k
+        self.monitor.score_spread(corrected, residual, delta, query.shared)
         if self.coefficient == "optimal":
             self._update_coefficient(
                 torch.einsum("kb,kbd->bd", along, delta) / k - c * v,  # X − c·v
@@ -197,7 +220,18 @@ class Unbiased(Estimator):
             self.inner.learn(
                 rows, delta.reshape(k * batch, -1), slope.reshape(k * batch, -1), query.grad_out.repeat(k, 1), step=h, central=self.antithetic
             )
-        return corrected
+        # a part whose correction is mostly noise passes what the inner estimator alone would
+        fallback = self.inner.gated(estimate, query.shared) if learned else estimate
+        return self.monitor.apply(corrected, query.shared, fallback)
+
+    @property
+    def fidelity(self) -> Fidelity | None:
+        """The running self-scored fidelity of the inputs' batch-summed estimate (None before any)."""
+        return self.monitor.part("inputs")
+
+    def part_fidelity(self, part: str) -> Fidelity | None:
+        """The running fidelity of ``part`` (``"inputs"`` or ``"params"``)."""
+        return self.monitor.part(part)
 
     def _update_coefficient(self, x: Tensor, z: Tensor) -> None:
         """Fold this pass's ``Σ x·z`` and ``Σ |z|²`` into the sums and set ``c`` for the next pass.
@@ -230,6 +264,7 @@ class Unbiased(Estimator):
         state = super().state_dict()
         state["inner"] = self.inner.state_dict()
         state["coefficient"] = {"c": self._c, "cross": self._cross, "power": self._power}
+        state["fidelity"] = self.monitor.state_dict()
         return state
 
     def check_state(self, state) -> None:
@@ -242,3 +277,5 @@ class Unbiased(Estimator):
         saved = state.get("coefficient")  # absent in states saved before the coefficient existed
         if saved is not None and self.coefficient == "optimal":
             self._c, self._cross, self._power = float(saved["c"]), float(saved["cross"]), float(saved["power"])
+        if "fidelity" in state:  # absent from states saved before the monitor existed
+            self.monitor.load_state_dict(state["fidelity"])
