@@ -30,6 +30,7 @@ class StraightThrough(Estimator):
     Cost per ``vjp``: 0 evaluations.
     """
 
+    supports_complex = False  # it reads meaning into each real coordinate
     _repr_fields = ("derivative", "surrogate")
 
     def __init__(self, derivative: str | Callable[[Tensor], Tensor] | None = "identity", surrogate: Callable[..., Tensor] | None = None) -> None:
