@@ -10,11 +10,12 @@ import torch
 from torch import Tensor, nn
 
 from .calibration import DeviceProfile, calibrate as measure_profile, calibration_cost
-from .errors import InputShapeError, NoGradientError
+from .errors import InputShapeError
 from .estimators.base import Estimator, VJPQuery
 from .estimators.exact import require_graph
 from .estimators.learned import LearnedEstimator
 from .estimators.learned_jacobian import LearnedJacobian
+from .function import first_order_only
 from .prober import Ledger, Prober, RetryPolicy
 
 
@@ -60,28 +61,16 @@ class _BlackBoxFunction(torch.autograd.Function):
             # create_graph=True: this gradient may be differentiated again, and an estimate has no
             # derivative to give (it depends on x through J(x), unknown).  Dropping that term would
             # be a silently wrong second derivative: the gradients refuse to be differentiated.
-            refuse = lambda g: None if g is None else _FirstOrderOnly.apply(g.detach().requires_grad_(), ctx.box)
-            grad_x, grad_theta = refuse(grad_x), refuse(grad_theta)
+            box = ctx.box
+            message = (
+                f"a second derivative through black box {box.name!r} was asked for (a gradient computed with "
+                f"create_graph=True was differentiated again), but its estimator {type(box.estimator).__name__} "
+                "gives first-order gradients only: an estimated vector-Jacobian product has no derivative to give. "
+                "Use the Exact() estimator if the device is differentiable torch code, or compute the first "
+                "gradient with create_graph=False"
+            )
+            grad_x, grad_theta = (None if g is None else first_order_only(g, message) for g in (grad_x, grad_theta))
         return grad_x, grad_theta, None
-
-
-class _FirstOrderOnly(torch.autograd.Function):
-    """The identity on an estimated gradient, raising if a backward pass reaches it."""
-
-    @staticmethod
-    def forward(ctx: Any, grad: Tensor, box: "BlackBox") -> Tensor:
-        ctx.message = (
-            f"a second derivative through black box {box.name!r} was asked for (a gradient computed with "
-            f"create_graph=True was differentiated again), but its estimator {type(box.estimator).__name__} gives "
-            "first-order gradients only: an estimated vector-Jacobian product has no derivative to give. "
-            "Use the Exact() estimator if the device is differentiable torch code, or compute the first "
-            "gradient with create_graph=False"
-        )
-        return grad.clone()
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> None:
-        raise NoGradientError(ctx.message)
 
 
 class _RealView:
