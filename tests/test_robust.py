@@ -384,6 +384,18 @@ def test_exact_builds_its_graph_in_the_worker_thread_of_a_timeout():
         assert not box(x).requires_grad
 
 
+def test_a_black_box_with_a_timeout_is_copied_and_pickled_without_its_worker_thread():
+    import copy
+    import pickle
+
+    box = bg.BlackBox(torch.tanh, FiniteDifference(), timeout=5.0, calibrate=False)
+    x = torch.randn(3, 2)
+    box(x)
+    twin = copy.deepcopy(box)
+    assert torch.equal(twin(x), torch.tanh(x)) and twin.prober._worker is not box.prober._worker
+    assert torch.equal(pickle.loads(pickle.dumps(box))(x), torch.tanh(x))
+
+
 def test_timeout_is_checked():
     with pytest.raises(ValueError, match="timeout must be a positive number of seconds or None, got 0"):
         bg.BlackBox(linear, timeout=0)

@@ -318,7 +318,7 @@ class BlackBox(nn.Module):
         # the probes its backward pass will ask for (a backward refused half-way through a
         # step would leave the layers after the box with gradients, those before without).
         backward = 0
-        if wants_gradient and not self.estimator.differentiates_device:
+        if wants_gradient and self.prober.budget is not None and not self.estimator.differentiates_device:
             need_theta = theta is not None and theta.requires_grad
             backward = self._backward_cost(batch, flat.requires_grad, need_theta, x.is_complex())
         if calibrating:

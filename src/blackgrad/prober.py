@@ -17,6 +17,7 @@ calls larger than ``max_batch``.
 from __future__ import annotations
 
 import math
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -193,6 +194,7 @@ class Prober:
         self.numpy = numpy
         self.name = name or getattr(fun, "__name__", None) or type(fun).__name__
         self.ledger = Ledger()
+        self._worker: _Worker | None = None  # runs the device calls when there is a timeout
 
     # ------------------------------------------------------------------ public
     def forward(self, x: Tensor, theta: Tensor | None, differentiable: bool = False) -> Tensor:
@@ -378,13 +380,15 @@ class Prober:
             self.ledger.seconds += time.perf_counter() - start
 
     def _invoke_in_worker(self, args: tuple[Any, ...], timeout: float) -> Any:
-        """Call the device in a worker thread and wait at most ``timeout`` seconds.
+        """Call the device in the worker thread and wait at most ``timeout`` seconds.
 
         A call still running then is abandoned (a thread cannot be killed):
-        it may finish later, into an outcome nobody reads.  Grad and
-        inference mode are per thread, so the worker takes the caller's.
+        it may finish later, into an outcome nobody reads, and its worker
+        then ends; the next call gets a new worker.  Grad and inference mode
+        are per thread, so the worker takes the caller's.
         """
         outcome: dict[str, Any] = {}
+        done = threading.Event()
         grad_enabled, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
 
         def run() -> None:
@@ -393,15 +397,31 @@ class Prober:
                     outcome["value"] = self.fun(*args)
             except BaseException as err:  # handed to the caller's thread
                 outcome["error"] = err
+            finally:
+                done.set()
 
-        worker = threading.Thread(target=run, name=f"blackgrad device {self.name}", daemon=True)
-        worker.start()
-        worker.join(timeout)
-        if worker.is_alive():
+        if self._worker is None:
+            self._worker = _Worker(f"blackgrad device {self.name}")
+        self._worker.submit(run)
+        try:
+            finished = done.wait(timeout)
+        except BaseException:  # Ctrl-C while waiting: the call goes on, but no later call may queue behind it
+            finished = False
+            raise
+        finally:
+            if not finished:
+                self._worker.retire()  # it ends once the abandoned call returns, if ever
+                self._worker = None
+        if not finished:
             raise DeviceTimeout(f"black box {self.name!r} did not answer within its timeout of {timeout:g} s")
         if "error" in outcome:
             raise outcome["error"]
         return outcome["value"]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_worker"] = None  # a thread is not copied or pickled: a copy starts its own
+        return state
 
     def _validate(self, raw: Any, x: Tensor, n: int, kind: str, differentiable: bool) -> Tensor:
         if isinstance(raw, Tensor):
@@ -438,3 +458,31 @@ class Prober:
                 f"expected {(n,) + self.out_shape} like its earlier outputs"
             )
         return y.reshape(n, -1)
+
+
+class _Worker:
+    """A daemon thread running device calls one at a time, for a prober with a timeout.
+
+    One thread kept for all calls: starting a thread per call costs far more
+    than handing a call to a waiting one.  Daemon, so that a call that never
+    returns cannot keep the process from exiting.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            job()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._jobs.put(job)
+
+    def retire(self) -> None:
+        """End the thread after the job in hand (which may be hung)."""
+        self._jobs.put(None)
