@@ -14,6 +14,7 @@ steps, after a warm-up; one thread.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -71,7 +72,10 @@ def main() -> None:
         ("torch.tanh, FiniteDifference()", torch.tanh, lambda: FiniteDifference(step=1e-2)),
         ("SHG(), SPSA(directions=4)", SHG(), lambda: SPSA(directions=4, step=1e-2)),
     ]
-    print(f"torch {torch.__version__}, {platform.machine()}, 1 thread, batch {args.batch} x 16, median of {args.repeats} steps")
+    print(
+        f"torch {torch.__version__}, {platform.machine()}, 1 thread, batch {args.batch} x 16, median of {args.repeats} "
+        f"steps, load average {os.getloadavg()[0]:.2f} at start"
+    )
     print()
     print("| device, estimator | evaluations per step | " + " | ".join(f"{v} (ms)" for v in variants) + " | copies / no copies | timeout / no copies |")
     print("|---|---:|" + "---:|" * (len(variants) + 2))
@@ -91,6 +95,8 @@ def main() -> None:
             + " | ".join(f"{median[v]:.3f}" for v in variants)
             + f" | {median['copies'] / median['no copies']:.3f} | {median['copies + timeout'] / median['no copies']:.3f} |"
         )
+    print()
+    print(f"(load average {os.getloadavg()[0]:.2f} at the end of the run.)")
 
 
 if __name__ == "__main__":
