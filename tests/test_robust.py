@@ -200,6 +200,15 @@ def test_differentiating_an_estimated_gradient_again_is_a_clear_error():
     assert torch.allclose(grad, reference, atol=1e-8)
 
 
+def test_torch_func_gives_first_derivatives_and_refuses_second_ones():
+    box = bg.BlackBox(torch.tanh, FiniteDifference(), calibrate=False, name="lab")
+    x = torch.randn(3, 2, dtype=torch.float64)
+    first = torch.func.grad(lambda t: box(t).sum())(x)  # torch.func differentiates with create_graph=True
+    assert torch.allclose(first, 1 - torch.tanh(x) ** 2, atol=1e-8)
+    with pytest.raises(bg.NoGradientError, match="second derivative through black box 'lab'"):
+        torch.func.grad(lambda t: torch.func.grad(lambda u: box(u).sum())(t).sum())(x)  # it was silently 0
+
+
 def test_double_backward_through_exact_is_right():
     def run(layer):
         torch.manual_seed(0)

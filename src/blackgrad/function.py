@@ -29,26 +29,36 @@ def _as_output(value: Any, like: Tensor | None, name: str) -> Tensor:
 
 
 class _FirstOrderOnly(torch.autograd.Function):
-    """The identity on a gradient that has no derivative of its own: raises if a backward pass reaches it."""
+    """The identity on a gradient with no derivative of its own, tied to what it was computed from.
+
+    A backward pass that reaches it raises: see :func:`first_order_only`.
+    """
 
     @staticmethod
-    def forward(ctx: Any, grad: Tensor, message: str) -> Tensor:
-        ctx.message = message
+    def forward(grad: Tensor, message: str, *sources: Tensor) -> Tensor:
         return grad.clone()
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> None:
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        ctx.message = inputs[1]
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor) -> None:
         raise NoGradientError(ctx.message)
 
 
-def first_order_only(grad: Tensor, message: str) -> Tensor:
+def first_order_only(grad: Tensor, message: str, *sources: Any) -> Tensor:
     """``grad``, marked so that differentiating it again raises :class:`NoGradientError` with ``message``.
 
     For a backward pass run with ``create_graph=True`` that returns a
-    gradient it cannot differentiate (an estimate, numpy code): dropping its
-    dependence on the inputs would make the second derivative silently wrong.
+    gradient it cannot differentiate (an estimate, numpy code): it depends
+    on ``sources`` (the function's inputs, the incoming gradient), and
+    dropping that dependence would make a second derivative silently wrong.
+    Those of ``sources`` that require grad are tied to the mark; if none
+    does, there is nothing to differentiate by and ``grad`` is returned as is.
     """
-    return _FirstOrderOnly.apply(grad.detach().requires_grad_(True), message)
+    tied = tuple(s for s in sources if isinstance(s, Tensor) and s.requires_grad)
+    return _FirstOrderOnly.apply(grad, message, *tied) if tied else grad
 
 
 def _accepts_keyword(fun: Callable, keyword: str) -> bool:
@@ -155,6 +165,8 @@ def gradiator(fun: Callable[..., Any], grad_fun: Callable[..., Any], name: str |
                         f"create_graph=True was differentiated again), but grad_fun {grad_label!r} returned "
                         f"input {i}'s gradient as a numpy array, which has no derivative: write grad_fun in "
                         "torch operations, or compute the first gradient with create_graph=False",
+                        *inputs,
+                        *grad_outputs,
                     )
                 if grad.shape != inputs[i].shape:
                     raise GradientShapeError(

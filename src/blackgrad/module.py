@@ -69,7 +69,8 @@ class _BlackBoxFunction(torch.autograd.Function):
                 "Use the Exact() estimator if the device is differentiable torch code, or compute the first "
                 "gradient with create_graph=False"
             )
-            grad_x, grad_theta = (None if g is None else first_order_only(g, message) for g in (grad_x, grad_theta))
+            sources = (x, theta, grad_y)
+            grad_x, grad_theta = (None if g is None else first_order_only(g, message, *sources) for g in (grad_x, grad_theta))
         return grad_x, grad_theta, None
 
 
