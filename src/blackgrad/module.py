@@ -132,7 +132,11 @@ class BlackBox(nn.Module):
             :class:`~blackgrad.errors.BudgetExhausted` if that might not fit;
             a refused request evaluates nothing and changes no state
             (ledger, estimator, generators).  Raise ``layer.budget`` and redo
-            the step to go on.
+            the step to go on.  A forward that needs no gradient reserves
+            nothing (run it under ``torch.no_grad()``); a box called several
+            times before one backward pass checks each call with its own
+            backward, and each backward is checked again before its first
+            probe.
         timeout: seconds one device call may take (None, the default: no
             limit).  A call that takes longer is abandoned — counted as
             failed, retried under ``retries``, and finally raised as
