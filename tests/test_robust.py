@@ -384,6 +384,26 @@ def test_a_device_that_keeps_hanging_raises_device_timeout():
     assert issubclass(bg.DeviceTimeout, bg.DeviceError) and issubclass(bg.DeviceTimeout, TimeoutError)
 
 
+def test_ctrl_c_while_waiting_for_the_device_counts_the_call_and_leaves_its_worker_behind():
+    import _thread
+
+    def interrupted(x):
+        if not hasattr(interrupted, "done"):
+            interrupted.done = True
+            _thread.interrupt_main()  # Ctrl-C arrives while the caller waits for this call
+            time.sleep(0.3)
+        return x * 2
+
+    box = bg.BlackBox(interrupted, FiniteDifference(), timeout=5.0, calibrate=False)
+    x = torch.randn(3, 2)
+    with pytest.raises(KeyboardInterrupt):
+        box(x)
+    assert (box.calls.failed, box.calls.total, box.calls.device_calls) == (3, 3, 1)
+    assert box.prober._worker is None  # retired: the next call must not queue behind the interrupted one
+    assert torch.equal(box(x), x * 2)
+    assert (box.calls.forward, box.calls.total, box.calls.device_calls) == (3, 6, 2)
+
+
 def test_exact_builds_its_graph_in_the_worker_thread_of_a_timeout():
     box = bg.BlackBox(torch.sin, Exact(), timeout=5.0)
     x = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)

@@ -167,7 +167,10 @@ class BlackBox(nn.Module):
     ``create_graph=True``) raises, except with ``Exact``.
 
     In training mode every forward batch is offered to the estimator
-    (``observe``), so learned estimators learn from it at no device cost.
+    (``observe``), so learned estimators learn from it at no device cost —
+    under ``torch.no_grad()`` and ``torch.inference_mode()`` too (an
+    inference-mode batch is handed over as ordinary tensors, which the
+    estimator can train on later).
 
     Example::
 
