@@ -177,7 +177,13 @@ def test_device_that_keeps_raising_names_itself():
 def test_budget_stops_training_before_any_evaluation():
     box = bg.BlackBox(linear, FiniteDifference(), budget=30, name="dev", calibrate=False)
     x = torch.randn(4, 4, dtype=torch.float64, requires_grad=True)
+    # the forward (4) and its backward (32) do not fit together: refused before the forward
+    with pytest.raises(bg.BudgetExhausted, match=r"budget of 30 samples for 'dev' is spent: 0 used .* this forward needs 4 more and its backward pass 32"):
+        box(x)
+    assert box.calls.total == 0
+    box.budget = None
     y = box(x)  # 4 evaluations
+    box.budget = 30  # lowered between the forward and the backward: the backward is refused on its own
     with pytest.raises(bg.BudgetExhausted, match=r"budget of 30 samples for 'dev' is spent: 4 used .* needs 32 more"):
         y.sum().backward()
     assert box.calls.total == 4  # nothing was spent by the refused backward

@@ -167,7 +167,7 @@ def calibrate(
     base = alpha[: min(points, alpha.shape[0])]
     count, d = base.shape
     # the whole calibration fits the budget, or none of it is spent
-    prober._check_budget(calibration_cost(count, repeats, directions), "calibration")
+    prober.check_budget(calibration_cost(count, repeats, directions), "calibration")
     spread = flat.std(0, unbiased=False).pow(2).mean().sqrt().item() if flat.shape[0] > 1 else 0.0
     input_scale = spread if spread > 0 else 1.0
 

@@ -15,6 +15,15 @@ class DeviceError(BlackGradError):
     """The black box raised, even after the retries the policy allows."""
 
 
+class DeviceTimeout(DeviceError, TimeoutError):
+    """A device call did not answer within the black box's ``timeout``, even after the retries allowed.
+
+    The call was abandoned, not stopped: Python cannot kill a running
+    function, so a hung call may go on in its worker thread; whatever it
+    returns later is discarded and never counted twice.
+    """
+
+
 class DeviceOutputError(BlackGradError):
     """The black box returned something unusable: wrong shape, type, NaN or Inf."""
 

@@ -28,6 +28,39 @@ def _as_output(value: Any, like: Tensor | None, name: str) -> Tensor:
     raise TypeError(f"{name} returned a {type(value).__name__}; expected a tensor, an array or a tuple of them")
 
 
+class _FirstOrderOnly(torch.autograd.Function):
+    """The identity on a gradient with no derivative of its own, tied to what it was computed from.
+
+    A backward pass that reaches it raises: see :func:`first_order_only`.
+    """
+
+    @staticmethod
+    def forward(grad: Tensor, message: str, *sources: Tensor) -> Tensor:
+        return grad.clone()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        ctx.message = inputs[1]
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor) -> None:
+        raise NoGradientError(ctx.message)
+
+
+def first_order_only(grad: Tensor, message: str, *sources: Any) -> Tensor:
+    """``grad``, marked so that differentiating it again raises :class:`NoGradientError` with ``message``.
+
+    For a backward pass run with ``create_graph=True`` that returns a
+    gradient it cannot differentiate (an estimate, numpy code): it depends
+    on ``sources`` (the function's inputs, the incoming gradient), and
+    dropping that dependence would make a second derivative silently wrong.
+    Those of ``sources`` that require grad are tied to the mark; if none
+    does, there is nothing to differentiate by and ``grad`` is returned as is.
+    """
+    tied = tuple(s for s in sources if isinstance(s, Tensor) and s.requires_grad)
+    return _FirstOrderOnly.apply(grad, message, *tied) if tied else grad
+
+
 def _accepts_keyword(fun: Callable, keyword: str) -> bool:
     try:
         parameters = inspect.signature(fun).parameters.values()
@@ -58,6 +91,12 @@ def gradiator(fun: Callable[..., Any], grad_fun: Callable[..., Any], name: str |
 
     It composes with ``torch.func.grad``, ``vjp`` and ``jacrev``; not with
     ``torch.func.vmap``, since ``grad_fun`` is arbitrary Python.
+
+    Higher derivatives (``create_graph=True``) go through ``grad_fun`` like
+    through any torch code: right when it is written in differentiable torch
+    operations.  A gradient it returns as a numpy array has no graph, and
+    differentiating it again raises :class:`~blackgrad.errors.NoGradientError`
+    instead of silently dropping its dependence on the inputs.
 
     Example::
 
@@ -117,7 +156,18 @@ def gradiator(fun: Callable[..., Any], grad_fun: Callable[..., Any], name: str |
                         f"grad_fun {grad_label!r} of {label!r} returned None for input {i}, "
                         "whose gradient is needed"
                     )
+                untracked = not isinstance(grad, Tensor)
                 grad = _as_output(grad, inputs[i], grad_label)
+                if untracked and torch.is_grad_enabled():  # create_graph=True, and numpy has no graph to give
+                    grad = first_order_only(
+                        grad,
+                        f"a second derivative through {label!r} was asked for (a gradient computed with "
+                        f"create_graph=True was differentiated again), but grad_fun {grad_label!r} returned "
+                        f"input {i}'s gradient as a numpy array, which has no derivative: write grad_fun in "
+                        "torch operations, or compute the first gradient with create_graph=False",
+                        *inputs,
+                        *grad_outputs,
+                    )
                 if grad.shape != inputs[i].shape:
                     raise GradientShapeError(
                         f"grad_fun {grad_label!r} of {label!r} returned a gradient of shape "

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
-from .calibration import DeviceProfile, calibrate as measure_profile
+from .calibration import DeviceProfile, calibrate as measure_profile, calibration_cost
 from .errors import InputShapeError
 from .estimators.base import Estimator, VJPQuery
 from .estimators.exact import require_graph
 from .estimators.learned import LearnedEstimator
 from .estimators.learned_jacobian import LearnedJacobian
+from .function import first_order_only
 from .prober import Ledger, Prober, RetryPolicy
 
 
@@ -48,13 +51,52 @@ class _BlackBoxFunction(torch.autograd.Function):
         ctx.save_for_backward(x, output, *( (theta,) if theta is not None else ()))
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         x, y, *rest = ctx.saved_tensors
         theta = rest[0] if ctx.has_theta else None
         need_x, need_theta = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_x, grad_theta = ctx.box._estimate(x, theta, y, grad_y, need_x, need_theta)
+        with torch.no_grad():
+            grad_x, grad_theta = ctx.box._estimate(x, theta, y, grad_y, need_x, need_theta)
+        if torch.is_grad_enabled():
+            # create_graph=True: this gradient may be differentiated again, and an estimate has no
+            # derivative to give (it depends on x through J(x), unknown).  Dropping that term would
+            # be a silently wrong second derivative: the gradients refuse to be differentiated.
+            box = ctx.box
+            message = (
+                f"a second derivative through black box {box.name!r} was asked for (a gradient computed with "
+                f"create_graph=True was differentiated again), but its estimator {type(box.estimator).__name__} "
+                "gives first-order gradients only: an estimated vector-Jacobian product has no derivative to give. "
+                "Use the Exact() estimator if the device is differentiable torch code, or compute the first "
+                "gradient with create_graph=False"
+            )
+            sources = (x, theta, grad_y)
+            grad_x, grad_theta = (None if g is None else first_order_only(g, message, *sources) for g in (grad_x, grad_theta))
         return grad_x, grad_theta, None
+
+
+class _RealView:
+    """The prober of a complex black box as an estimator sees it: real rows.
+
+    A complex coordinate ``z = a + ib`` is the real pair ``(a, b)``
+    (interleaved, ``torch.view_as_real``), a complex output likewise.  The
+    real VJP of that real map, with the real pair ``(Re g, Im g)`` of the
+    incoming gradient, is ``(∂L/∂a, ∂L/∂b)``, and ``∂L/∂a + i ∂L/∂b`` is the
+    gradient torch's own autograd gives a complex input (the conjugate
+    Wirtinger convention), for holomorphic and non-holomorphic maps alike.
+    """
+
+    def __init__(self, prober: Prober) -> None:
+        self.prober = prober
+        self.name = prober.name
+
+    def __call__(self, rows: Tensor, differentiable: bool = False, kind: str = "probe") -> Tensor:
+        alpha = torch.view_as_complex(rows.reshape(rows.shape[0], -1, 2).contiguous())
+        return _as_real(self.prober(alpha, differentiable=differentiable, kind=kind))
+
+
+def _as_real(t: Tensor) -> Tensor:
+    """Rows ``(N, k)`` of a complex tensor as real rows ``(N, 2k)`` (re, im interleaved); a real one as is."""
+    return torch.view_as_real(t.resolve_conj()).reshape(t.shape[0], -1) if t.is_complex() else t
 
 
 class BlackBox(nn.Module):
@@ -77,12 +119,31 @@ class BlackBox(nn.Module):
         out_shape: shape of one output sample; taken from the first result if None.
         max_batch: the most samples sent to the device in one call (probes of
             a backward pass are packed into as few calls as this allows).
-        retries: how often a device call that raised (or returned NaN/Inf) is
-            repeated before the error is raised; or a full :class:`RetryPolicy`.
+        retries: how often a device call that raised, timed out (or returned
+            NaN/Inf) is repeated before the error is raised; or a full
+            :class:`RetryPolicy`.
         budget: the most device evaluations allowed in total, calibration's
             included (272 by default, needed whole on the first training
-            batch); training stops with
-            :class:`~blackgrad.errors.BudgetExhausted` when it is spent.
+            batch); it is never exceeded.  Each request — a calibration, a
+            forward batch together with the probes of its backward pass, a
+            backward pass — is checked before its first evaluation against
+            the most it can spend, every retry the policy allows included
+            (``N·(1 + retries)``), and refused with
+            :class:`~blackgrad.errors.BudgetExhausted` if that might not fit;
+            a refused request evaluates nothing and changes no state
+            (ledger, estimator, generators).  Raise ``layer.budget`` and redo
+            the step to go on.  A forward that needs no gradient reserves
+            nothing (run it under ``torch.no_grad()``); a box called several
+            times before one backward pass checks each call with its own
+            backward, and each backward is checked again before its first
+            probe.
+        timeout: seconds one device call may take (None, the default: no
+            limit).  A call that takes longer is abandoned — counted as
+            failed, retried under ``retries``, and finally raised as
+            :class:`~blackgrad.errors.DeviceTimeout`.  The device then runs
+            in a worker thread; a hung Python call cannot be killed, only
+            abandoned, and whatever it returns later is discarded and never
+            counted (see :class:`RetryPolicy`).
         numpy: call ``fun`` with numpy arrays instead of tensors.
         name: how errors and reports name the device.
         calibrate: ``True`` (default): on the first training batch that needs
@@ -94,10 +155,22 @@ class BlackBox(nn.Module):
 
     The ledger ``layer.calls`` counts every sample the device evaluated:
     ``forward``, ``probe``, ``failed``, ``total``, ``device_calls`` and
-    ``seconds``; ``layer.calls.reset()`` starts it again.
+    ``seconds``; ``layer.calls.reset()`` starts it again.  A sample handed
+    to the device counts once whatever became of its call (``failed`` when
+    it raised, timed out or was interrupted): the ledger is device time paid.
+
+    Complex inputs are supported by every probing and learned estimator: it
+    sees each complex number as its real and imaginary parts (twice the
+    coordinates, so twice the probes of finite differences), and the
+    gradient follows torch's convention for complex autograd.  A gradient
+    of the black box is first-order only: differentiating it again (after
+    ``create_graph=True``) raises, except with ``Exact``.
 
     In training mode every forward batch is offered to the estimator
-    (``observe``), so learned estimators learn from it at no device cost.
+    (``observe``), so learned estimators learn from it at no device cost —
+    under ``torch.no_grad()`` and ``torch.inference_mode()`` too (an
+    inference-mode batch is handed over as ordinary tensors, which the
+    estimator can train on later).
 
     Example::
 
@@ -118,6 +191,7 @@ class BlackBox(nn.Module):
         max_batch: int | None = None,
         retries: int | RetryPolicy = 0,
         budget: int | None = None,
+        timeout: float | None = None,
         numpy: bool = False,
         name: str | None = None,
         calibrate: bool | DeviceProfile = True,
@@ -153,9 +227,16 @@ class BlackBox(nn.Module):
         self.name = name or getattr(fun, "name", None) or getattr(fun, "__name__", None) or type(fun).__name__
         self._in_shape = None if in_shape is None else tuple(in_shape)
         self._out_shape = None if out_shape is None else tuple(out_shape)
+        retry = retries if isinstance(retries, RetryPolicy) else RetryPolicy(retries=retries)
+        if timeout is not None:
+            if retry.timeout is not None and retry.timeout != timeout:
+                raise ValueError(
+                    f"timeout={timeout!r} contradicts the retry policy's timeout={retry.timeout!r}; give one of them"
+                )
+            retry = dataclasses.replace(retry, timeout=timeout)  # validates it
         self._prober_options = dict(
             max_batch=max_batch,
-            retry=retries if isinstance(retries, RetryPolicy) else RetryPolicy(retries=retries),
+            retry=retry,
             budget=budget,
             numpy=numpy,
             name=self.name,
@@ -226,7 +307,13 @@ class BlackBox(nn.Module):
                 f"BlackBox {self.name!r}: {type(self.estimator).__name__} estimates gradients from differences "
                 f"and learned models, which {flat.dtype} is too coarse for; cast the input to float32 (x.float())"
             )
-        if (
+        if wants_gradient and x.is_complex() and not self.estimator.supports_complex:
+            raise TypeError(
+                f"BlackBox {self.name!r}: {type(self.estimator).__name__} cannot estimate gradients for complex "
+                f"inputs ({x.dtype}); use FiniteDifference(), SPSA(), LeastSquares(), a learned estimator, or "
+                "Exact() for differentiable torch code"
+            )
+        calibrating = (
             self.training
             and wants_gradient
             and self._calibrate
@@ -234,8 +321,19 @@ class BlackBox(nn.Module):
             and self.estimator.needs_profile
             and x.shape[0] > 0
             and not x.is_complex()  # calibration measures real devices; complex ones keep their steps
-        ):
+        )
+        # The whole step must fit before anything is spent: calibration, this forward batch and
+        # the probes its backward pass will ask for (a backward refused half-way through a
+        # step would leave the layers after the box with gradients, those before without).
+        backward = 0
+        if wants_gradient and self.prober.budget is not None and not self.estimator.differentiates_device:
+            need_theta = theta is not None and theta.requires_grad
+            backward = self._backward_cost(batch, flat.requires_grad, need_theta, x.is_complex())
+        if calibrating:
+            cost = calibration_cost(min(8, batch), 8, 2)  # calibrate()'s defaults, as called below
+            self.prober.check_budget(cost, "calibration", after=batch + backward, after_what="the step it belongs to")
             self.calibrate(x)
+        self.prober.check_budget(batch, "forward", after=backward, after_what="its backward pass")
         if self.estimator.differentiates_device:
             y = self.prober.forward(flat, theta, differentiable=True)
             if batch == 0:  # nothing was evaluated, so nothing carries a graph: zero gradients, as elsewhere
@@ -245,7 +343,7 @@ class BlackBox(nn.Module):
         else:
             y = _BlackBoxFunction.apply(flat, theta, self)
         if self.training:
-            self.estimator.observe(self._alpha(flat.detach(), None if theta is None else theta.detach()), y.detach())
+            self._observe(flat.detach(), None if theta is None else theta.detach(), y.detach())
         return y.reshape((batch,) + self.prober.out_shape)
 
     def calibrate(self, x: Tensor, **options: Any) -> DeviceProfile:
@@ -285,7 +383,10 @@ class BlackBox(nn.Module):
             self._make_prober(self._in_shape)
         flat = x.detach().reshape(x.shape[0], self.prober.n_x)
         theta = None if self.params is None else self.params.detach().to(flat.dtype)
-        return fit(self.prober, self._alpha(flat, theta), epochs=epochs, progress=progress)
+        alpha = self._alpha(flat, theta)
+        if alpha.is_complex():  # the estimator sees a complex device as a real one (see _RealView)
+            return fit(_RealView(self.prober), _as_real(alpha), epochs=epochs, progress=progress)
+        return fit(self.prober, alpha, epochs=epochs, progress=progress)
 
     def extra_repr(self) -> str:
         p = 0 if self.params is None else self.params.numel()
@@ -337,26 +438,54 @@ class BlackBox(nn.Module):
             return x
         return torch.cat([x, theta.expand(x.shape[0], -1)], dim=1)
 
+    def _backward_cost(self, batch: int, need_x: bool, need_theta: bool, complex_: bool) -> int:
+        """Probe evaluations the backward pass of a batch spends (``Estimator.probe_cost``)."""
+        if batch == 0:
+            return 0
+        n, p = self.prober.n_x, 0 if self.params is None else self.params.numel()
+        m = 1 if self.prober.out_shape is None else math.prod(self.prober.out_shape)
+        factor = 2 if complex_ else 1  # a complex coordinate is two real ones to the estimator
+        return self.estimator.probe_cost(factor * (n * need_x + p * need_theta), factor * m, batch)
+
+    def _observe(self, x: Tensor, theta: Tensor | None, y: Tensor) -> None:
+        """Offer a forward batch to the estimator, as real rows for a complex device."""
+        alpha, y = _as_real(self._alpha(x, theta)), _as_real(y)
+        if torch.is_inference_mode_enabled():
+            # Tensors made in inference mode can never join autograd later, and a learned
+            # estimator trains on what it stores: hand it ordinary copies, outside inference mode.
+            with torch.inference_mode(False):
+                self.estimator.observe(alpha.clone(), y.clone())
+            return
+        self.estimator.observe(alpha, y)
+
     def _estimate(
         self, x: Tensor, theta: Tensor | None, y: Tensor, grad_y: Tensor, need_x: bool, need_theta: bool
     ) -> tuple[Tensor | None, Tensor | None]:
         n, p = x.shape[1], 0 if theta is None else theta.numel()
         if x.shape[0] == 0:  # an empty batch: nothing to estimate, nothing to spend
             return (torch.zeros_like(x) if need_x else None), (torch.zeros_like(theta) if need_theta else None)
-        active = torch.tensor([need_x] * n + [need_theta] * p, device=x.device)
-        shared = torch.tensor([False] * n + [True] * p, device=x.device)
-        query = VJPQuery(alpha=self._alpha(x, theta), y=y, grad_out=grad_y, active=active, shared=shared)
-        grad = self.estimator.vjp(self.prober, query)
+        # Refused here, before the estimator draws a direction or spends an inner probe: a refused
+        # backward leaves every estimator state (generators, buffers, fidelity) as it was.
+        self.prober.check_budget(self._backward_cost(x.shape[0], need_x, need_theta, x.is_complex()), "backward")
+        complex_ = x.is_complex()
+        width = 2 if complex_ else 1  # real coordinates per coordinate of α
+        active = torch.tensor([need_x] * (n * width) + [need_theta] * (p * width), device=x.device)
+        shared = torch.tensor([False] * (n * width) + [True] * (p * width), device=x.device)
+        alpha = _as_real(self._alpha(x, theta))
+        query = VJPQuery(alpha=alpha, y=_as_real(y), grad_out=_as_real(grad_y), active=active, shared=shared)
+        grad = self.estimator.vjp(_RealView(self.prober) if complex_ else self.prober, query)
         if not isinstance(grad, Tensor) or grad.shape != query.alpha.shape:
             shape = tuple(grad.shape) if isinstance(grad, Tensor) else type(grad).__name__
             raise RuntimeError(
                 f"estimator {self.estimator!r} returned a gradient of shape {shape}; "
-                f"expected {tuple(query.alpha.shape)} (batch, {n} inputs + {p} params)"
+                f"expected {tuple(query.alpha.shape)} (batch, {n * width} inputs + {p * width} params)"
             )
         if not bool(torch.isfinite(grad[:, active]).all()):
             raise FloatingPointError(
                 f"estimator {self.estimator!r} returned NaN or Inf gradients for black box {self.name!r}"
             )
+        if complex_:
+            grad = torch.view_as_complex(grad.reshape(grad.shape[0], -1, 2).contiguous())
         grad_x = grad[:, :n].to(x.dtype) if need_x else None
         grad_theta = grad[:, n:].sum(0) if need_theta else None
         return grad_x, grad_theta

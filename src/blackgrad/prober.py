@@ -17,6 +17,8 @@ calls larger than ``max_batch``.
 from __future__ import annotations
 
 import math
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import BudgetExhausted, DeviceError, DeviceOutputError
+from .errors import BudgetExhausted, DeviceError, DeviceOutputError, DeviceTimeout
 
 
 @dataclass
@@ -37,10 +39,18 @@ class Ledger:
         probe: samples evaluated by estimators to build gradients.
         calibration: samples evaluated to calibrate the estimators
             (:func:`~blackgrad.calibration.calibrate`).
-        failed: samples sent in device calls that raised or returned unusable
-            output (they were spent even though nothing came of them).
+        failed: samples sent in device calls that raised (an exception the
+            retry policy retries or not, ``KeyboardInterrupt`` included),
+            timed out, or returned unusable output: they were spent even
+            though nothing came of them.
         device_calls: number of calls made to the device function.
-        seconds: wall time spent inside the device function.
+        seconds: wall time spent waiting for the device function (for a
+            call that timed out: until it was abandoned).
+
+    What "counted" means: every sample handed to the device in a call that
+    was started counts exactly once — under its kind when the call returned
+    usable output, else as ``failed`` — whatever became of the call.  The
+    ledger measures device time paid, not results obtained.
     """
 
     forward: int = 0
@@ -94,20 +104,41 @@ class RetryPolicy:
             retried (a glitching instrument); if False it raises at once.
         delay: seconds to wait before the first retry; doubled at each further
             retry (exponential back-off for instruments that need to settle).
-        exceptions: the exception types that count as a device failure; any
-            other exception propagates untouched.
+        exceptions: the exception types that count as a device failure and
+            are retried; any other exception propagates untouched (its
+            samples are still counted, as ``failed``).
+        timeout: seconds a device call may take (None: no limit).  A call
+            that takes longer is abandoned and counted as failed, then
+            retried like any other failure, and finally raised as
+            :class:`~blackgrad.errors.DeviceTimeout`.  With a timeout the
+            device runs in a worker thread; a hung Python call cannot be
+            killed, only abandoned: it may go on running in that thread, and
+            whatever it returns later is discarded, never counted.  A device
+            that is not safe to call from two threads at once should
+            therefore not resume after its timeout.
+
+    With ``retries=r`` a request of ``N`` samples may spend up to ``N·(1 + r)``
+    evaluations; a budget reserves that worst case before the first one.
     """
 
     retries: int = 0
     retry_nonfinite: bool = True
     delay: float = 0.0
     exceptions: tuple[type[BaseException], ...] = field(default=(Exception,))
+    timeout: float | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.retries, int) or self.retries < 0:
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
             raise ValueError(f"RetryPolicy.retries must be a non-negative int, got {self.retries!r}")
         if self.delay < 0:
             raise ValueError(f"RetryPolicy.delay must be >= 0, got {self.delay!r}")
+        if self.timeout is not None and (
+            isinstance(self.timeout, bool)
+            or not isinstance(self.timeout, (int, float))
+            or not math.isfinite(self.timeout)
+            or self.timeout <= 0
+        ):
+            raise ValueError(f"timeout must be a positive number of seconds or None, got {self.timeout!r}")
 
 
 class Prober:
@@ -126,8 +157,10 @@ class Prober:
             no limit).
         retry: the :class:`RetryPolicy`.
         budget: the most samples the device may evaluate in total (None: no
-            limit).  A request that would exceed it raises
-            :class:`~blackgrad.errors.BudgetExhausted` before any evaluation.
+            limit).  A request that might exceed it — counting every retry
+            the policy allows, the worst case — raises
+            :class:`~blackgrad.errors.BudgetExhausted` before any
+            evaluation, so the budget is never exceeded.
         numpy: call ``fun`` with numpy arrays instead of tensors.
         name: how errors name the device.
     """
@@ -161,6 +194,7 @@ class Prober:
         self.numpy = numpy
         self.name = name or getattr(fun, "__name__", None) or type(fun).__name__
         self.ledger = Ledger()
+        self._worker: _Worker | None = None  # runs the device calls when there is a timeout
 
     # ------------------------------------------------------------------ public
     def forward(self, x: Tensor, theta: Tensor | None, differentiable: bool = False) -> Tensor:
@@ -208,7 +242,7 @@ class Prober:
             if self.out_shape is None:
                 raise ValueError(f"black box {self.name!r} was given an empty batch before its output shape was known")
             return [x.new_zeros((0, math.prod(self.out_shape))) for x, _ in groups]
-        self._check_budget(requested, kind)
+        self.check_budget(requested, kind)
         outputs = []
         for x, theta in groups:
             step = self.max_batch or max(x.shape[0], 1)
@@ -216,34 +250,84 @@ class Prober:
             outputs.append(chunks[0] if len(chunks) == 1 else torch.cat(chunks))
         return outputs
 
-    def _check_budget(self, requested: int, kind: str) -> None:
-        if self.budget is not None and self.ledger.total + requested > self.budget:
-            raise BudgetExhausted(
-                f"evaluation budget of {self.budget} samples for {self.name!r} is spent: "
-                f"{self.ledger.total} used (forward={self.ledger.forward}, probe={self.ledger.probe}, "
-                f"calibration={self.ledger.calibration}, failed={self.ledger.failed}) and this {kind} needs {requested} more; "
-                "nothing of this request was evaluated. Raise the budget or reset the ledger to continue."
-                + (
-                    " Calibration needs its whole cost at once: or give BlackBox calibrate=False or a DeviceProfile."
-                    if kind == "calibration"
-                    else ""
-                )
+    def worst_case(self, requested: int) -> int:
+        """The most evaluations a request of ``requested`` samples can spend: every call retried as often as allowed."""
+        return requested * (1 + self.retry.retries)
+
+    @property
+    def remaining(self) -> int | None:
+        """Evaluations left in the budget (None: no budget)."""
+        return None if self.budget is None else max(self.budget - self.ledger.total, 0)
+
+    def check_budget(self, requested: int, kind: str, after: int = 0, after_what: str = "") -> None:
+        """Refuse, before any evaluation, a request that might not fit the budget.
+
+        ``requested`` samples of ``kind``, plus ``after`` samples that must
+        follow for the request to be of use (``after_what``: the backward
+        pass of a forward batch, say), each counted with every retry the
+        policy allows (:meth:`worst_case`), so that what is admitted can
+        never exceed the budget, whatever the device does.
+        """
+        if self.budget is None:
+            return
+        need = self.worst_case(requested + after)
+        if self.ledger.total + need <= self.budget:
+            return
+        ledger, retries = self.ledger, self.retry.retries
+        message = (
+            f"evaluation budget of {self.budget} samples for {self.name!r} is spent: "
+            f"{ledger.total} used (forward={ledger.forward}, probe={ledger.probe}, "
+            f"calibration={ledger.calibration}, failed={ledger.failed}), {self.remaining} remain, "
+            f"and this {kind} needs {requested} more"
+        )
+        if after:
+            message += f" and {after_what} {after} (checked now, so that a step never stops half-way)"
+        if retries:
+            plural = "retry" if retries == 1 else "retries"
+            message += f"; {need} with the {retries} {plural} per call the retry policy allows, the most it can spend"
+        message += (
+            f"; nothing of this request was evaluated and no state was changed. Raise the budget "
+            f"(box.budget = {ledger.total + need} or more) or reset the ledger (box.calls.reset()), then redo the step"
+        )
+        if kind == "backward":
+            message += (
+                " from its forward pass (zero the gradients first: the layers after the black box already hold "
+                "this step's gradients)"
             )
+        message += "."
+        if kind == "calibration":
+            message += " Calibration needs its whole cost at once: or give BlackBox calibrate=False or a DeviceProfile."
+        raise BudgetExhausted(message)
 
     def _call(self, x: Tensor, theta: Tensor | None, kind: str, differentiable: bool) -> Tensor:
-        """One device call with retries; returns ``(N, m)`` in x's dtype and device."""
+        """One device call with retries; returns ``(N, m)`` in x's dtype and device.
+
+        Every attempt's samples are counted once: under ``kind`` when it
+        returned usable output, else as ``failed`` — whatever the exception,
+        inside the retry policy or not (``KeyboardInterrupt`` too).
+        """
         n = x.shape[0]
-        args = self._device_arguments(x, theta)  # outside the retries: a conversion error is not a device failure
         attempts = 1 + self.retry.retries
         delay = self.retry.delay
         for attempt in range(1, attempts + 1):
             if attempt > 1:
-                self._check_budget(n, kind + " retry")
+                self.check_budget(n, kind + " retry")  # reserved by the request already; a last guard
                 if delay > 0:
                     time.sleep(delay)
                     delay *= 2
+            # fresh copies at every attempt, outside the try: a conversion error is not a device failure
+            args = self._device_arguments(x, theta)
             try:
                 raw = self._invoke(args)
+            except DeviceTimeout as err:
+                self.ledger.failed += n
+                if attempt == attempts:
+                    raise DeviceTimeout(
+                        f"{err} (a {kind} call of {n} samples; attempt {attempt} of {attempts}); the call was "
+                        "abandoned and its samples counted as failed. Raise BlackBox(timeout=...) if the device "
+                        "is merely slow, or retries= if it hangs now and then"
+                    ) from None
+                continue
             except self.retry.exceptions as err:
                 self.ledger.failed += n
                 if attempt == attempts:
@@ -252,9 +336,12 @@ class Prober:
                         f"(a {kind} call of {n} samples; attempt {attempt} of {attempts})"
                     ) from err
                 continue
+            except BaseException:
+                self.ledger.failed += n  # outside the retry policy, but the samples were sent and paid for
+                raise
             try:
                 y = self._validate(raw, x, n, kind, differentiable)
-            except DeviceOutputError:
+            except BaseException:
                 self.ledger.failed += n
                 raise
             finite = torch.isfinite(y.detach())
@@ -275,18 +362,66 @@ class Prober:
     def _device_arguments(self, x: Tensor, theta: Tensor | None) -> tuple[Any, ...]:
         batch = x.reshape((x.shape[0],) + self.in_shape)
         args: tuple[Any, ...] = (batch,) if self.n_params == 0 else (batch, theta)
+        # Copies: a device that edits its input in place must not touch the model's tensors
+        # (θ, the activations upstream, the rows an estimator reuses).  A torch copy keeps the
+        # autograd graph, for estimators that differentiate the device.
         if self.numpy:
-            # copies: a device that edits its input in place must not touch the model's tensors
-            args = tuple(np.array(a.detach().cpu().numpy(), copy=True) for a in args)
-        return args
+            return tuple(np.array(a.detach().cpu().numpy(), copy=True) for a in args)
+        return tuple(a.clone() for a in args)
 
     def _invoke(self, args: tuple[Any, ...]) -> Any:
         self.ledger.device_calls += 1
         start = time.perf_counter()
         try:
-            return self.fun(*args)
+            if self.retry.timeout is None:
+                return self.fun(*args)
+            return self._invoke_in_worker(args, self.retry.timeout)
         finally:
             self.ledger.seconds += time.perf_counter() - start
+
+    def _invoke_in_worker(self, args: tuple[Any, ...], timeout: float) -> Any:
+        """Call the device in the worker thread and wait at most ``timeout`` seconds.
+
+        A call still running then is abandoned (a thread cannot be killed):
+        it may finish later, into an outcome nobody reads, and its worker
+        then ends; the next call gets a new worker.  Grad and inference mode
+        are per thread, so the worker takes the caller's.
+        """
+        outcome: dict[str, Any] = {}
+        done = threading.Event()
+        grad_enabled, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+        def run() -> None:
+            try:
+                with torch.inference_mode(inference), torch.set_grad_enabled(grad_enabled):
+                    outcome["value"] = self.fun(*args)
+            except BaseException as err:  # handed to the caller's thread
+                outcome["error"] = err
+            finally:
+                done.set()
+
+        if self._worker is None:
+            self._worker = _Worker(f"blackgrad device {self.name}")
+        self._worker.submit(run)
+        try:
+            finished = done.wait(timeout)
+        except BaseException:  # Ctrl-C while waiting: the call goes on, but no later call may queue behind it
+            finished = False
+            raise
+        finally:
+            if not finished:
+                self._worker.retire()  # it ends once the abandoned call returns, if ever
+                self._worker = None
+        if not finished:
+            raise DeviceTimeout(f"black box {self.name!r} did not answer within its timeout of {timeout:g} s")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_worker"] = None  # a thread is not copied or pickled: a copy starts its own
+        return state
 
     def _validate(self, raw: Any, x: Tensor, n: int, kind: str, differentiable: bool) -> Tensor:
         if isinstance(raw, Tensor):
@@ -323,3 +458,31 @@ class Prober:
                 f"expected {(n,) + self.out_shape} like its earlier outputs"
             )
         return y.reshape(n, -1)
+
+
+class _Worker:
+    """A daemon thread running device calls one at a time, for a prober with a timeout.
+
+    One thread kept for all calls: starting a thread per call costs far more
+    than handing a call to a waiting one.  Daemon, so that a call that never
+    returns cannot keep the process from exiting.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            job()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._jobs.put(job)
+
+    def retire(self) -> None:
+        """End the thread after the job in hand (which may be hung)."""
+        self._jobs.put(None)

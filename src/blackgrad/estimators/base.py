@@ -165,6 +165,11 @@ class Estimator(abc.ABC):
     #: (:class:`~blackgrad.estimators.Exact`): :class:`~blackgrad.BlackBox`
     #: then keeps the autograd graph of the forward call instead of probing.
     differentiates_device: bool = False
+    #: whether it can estimate gradients for complex inputs.  A :class:`~blackgrad.BlackBox`
+    #: hands an estimator a complex device as a real one (each number as its real and
+    #: imaginary parts), which any estimator that treats coordinates alike handles; one that
+    #: reads meaning into them (an elementwise derivative, a complex step) cannot.
+    supports_complex: bool = True
     #: the perturbation size the user gave (None: from the profile, else the dtype)
     step: float | None = None
     #: the device profile handed over by :meth:`calibrate`

@@ -21,6 +21,7 @@ class ComplexStep(Estimator):
     Cost per ``vjp``: ``d·B`` complex evaluations for ``d`` active coordinates.
     """
 
+    supports_complex = False  # the imaginary step extends a real function: a complex input leaves it no room
     _repr_fields = ("step",)
 
     def __init__(self, step: float = 1e-20) -> None:

@@ -30,6 +30,7 @@ class StraightThrough(Estimator):
     Cost per ``vjp``: 0 evaluations.
     """
 
+    supports_complex = False  # its derivative or surrogate is a function of the inputs as given, not of real pairs
     _repr_fields = ("derivative", "surrogate")
 
     def __init__(self, derivative: str | Callable[[Tensor], Tensor] | None = "identity", surrogate: Callable[..., Tensor] | None = None) -> None:

@@ -181,6 +181,10 @@ class Unbiased(Estimator):
     def needs_profile(self) -> bool:
         return self.step is None or self.inner.needs_profile
 
+    @property
+    def supports_complex(self) -> bool:
+        return self.inner.supports_complex
+
     def calibrate(self, profile) -> None:
         super().calibrate(profile)
         self.inner.calibrate(profile)
