@@ -277,7 +277,7 @@ def test_least_squares_is_exact_on_complex_linear_maps_and_complex_knobs():
 
 def test_spsa_on_complex_inputs_is_unbiased():
     z = torch.randn(2, 3, dtype=torch.complex128)
-    box = bg.BlackBox(NON_HOLOMORPHIC, SPSA(directions=4000, seed=0), calibrate=False)
+    box = bg.BlackBox(NON_HOLOMORPHIC, SPSA(directions=4000, seed=0, gate=None), calibrate=False)
     z_box = z.clone().requires_grad_(True)
     box(z_box).real.sum().backward()
     reference = torch_gradient(NON_HOLOMORPHIC, z, lambda y: y.real.sum())
