@@ -1,4 +1,4 @@
-"""The ``blackgrad`` command line: the demo, the benchmark and the seed experiments."""
+"""The ``blackgrad`` command line: the demo, the benchmark, the seed experiments and recordings."""
 
 from __future__ import annotations
 
@@ -227,6 +227,23 @@ def report(
     except OSError as err:
         _fail(f"cannot write the report into {folder}: {err.strerror or err}", 1)
     typer.echo(f"index report: {index}")
+
+
+record_app = typer.Typer(no_args_is_help=True, help="Recordings of device evaluations (BlackBox(..., record=PATH)).")
+app.add_typer(record_app, name="record")
+
+
+@record_app.command("info")
+def record_info(path: Path = typer.Argument(..., help="the HDF5 file a BlackBox recorded into")) -> None:
+    """Summarise a recording: its boxes, and the calls and samples of each kind."""
+    from .recording import Recording, RecordingError, describe
+
+    try:
+        with Recording(path) as recording:
+            summary = recording.summary()
+    except RecordingError as err:
+        _fail(str(err))
+    typer.echo(describe(summary))
 
 
 if __name__ == "__main__":  # pragma: no cover
