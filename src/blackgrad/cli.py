@@ -214,6 +214,10 @@ def report(
                     summary = rebuild(folder)
             except RecordsError as err:
                 _fail(str(err))
+            if (folder / "report.md").exists():  # a demo's folder: its report too
+                from .demo import write_report
+
+                write_report(folder, summary)
             typer.echo("\n" + summary["markdown"])
             typer.echo(f"tables and figures written to {folder}")
             return
