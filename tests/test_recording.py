@@ -93,6 +93,10 @@ def test_a_writer_killed_at_any_moment_leaves_a_readable_file_lacking_at_most_th
             assert line, process.stderr.read()
             reported = int(line)
             assert time.monotonic() < deadline
+        with pytest.raises(RecordingError, match="is being recorded into by another process"):
+            Recorder(path)  # a second writer would write where nobody reads
+        with Recording(path) as live:  # a live recording can be read
+            assert len(live) >= reported
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
     finally:
@@ -128,6 +132,22 @@ def test_a_twin_fits_from_a_recording_without_evaluating_anything(tmp_path):
     assert (twin.model(probe) - torch.sin(probe)).abs().max() < 0.1
     with Recording(path) as recording, pytest.raises(TypeError, match="not both a recording and alpha"):
         DigitalTwin().fit(recording, probe)
+
+
+def test_boxes_given_one_path_share_its_recorder_and_a_second_recorder_is_refused(tmp_path):
+    path = tmp_path / "one.h5"
+    a = bg.BlackBox(torch.sin, FiniteDifference(), record=path, name="a", calibrate=False)
+    b = bg.BlackBox(torch.cos, FiniteDifference(), record=str(path), name="b", calibrate=False)
+    assert a.recorder is b.recorder
+    with pytest.raises(RecordingError, match="is being recorded into already by Recorder.* in this process"):
+        Recorder(path)
+    a(torch.zeros(2, 3))
+    b(torch.zeros(4, 3))
+    with Recording(path) as recording:  # read while it is being written
+        assert [box["name"] for box in recording.boxes] == ["a", "b"] and recording.summary()["samples"] == 6
+    a.recorder.close()
+    with Recorder(path) as again:  # closed: the file may be continued
+        assert "calls=2, boxes=2" in repr(again)
 
 
 def test_a_recorder_is_shared_by_copies_and_refuses_pickling(tmp_path):

@@ -381,5 +381,5 @@ def _recorder(record: Any) -> Any:
     if isinstance(record, Recorder):
         return record
     if isinstance(record, (str, os.PathLike)):
-        return Recorder(record)
+        return Recorder.shared(record)  # boxes given one path share its recorder
     raise TypeError(f"record must be a path or a blackgrad.recording.Recorder, got {type(record).__name__}")

@@ -35,6 +35,7 @@ import json
 import math
 import os
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -96,12 +97,44 @@ class Recorder:
     file once (a file left open by a killed writer cannot be reopened for
     writing in place), to a temporary file renamed over it.
 
+    One process writes a recording at a time: a lock file beside it
+    (``<name>.lock``, left in place) makes a second writer fail at once
+    instead of writing where nobody reads.  In one process, boxes given the
+    same path share one recorder (:meth:`shared`).
+
     Not picklable (it holds its file open); a deep copy of a model shares it.
     """
 
+    _open: "weakref.WeakValueDictionary[Path, Recorder]" = weakref.WeakValueDictionary()
+
+    @classmethod
+    def shared(cls, path: str | os.PathLike) -> "Recorder":
+        """The recorder this process has open on ``path``, or a new one (what ``BlackBox(record=path)`` uses)."""
+        recorder = cls._open.get(Path(path).resolve())
+        if recorder is not None and recorder._file is not None:
+            return recorder
+        return cls(path)
+
     def __init__(self, path: str | os.PathLike) -> None:
         h5py = _h5py()
+        self._file = None
         self.path = Path(path)
+        key = self.path.resolve()
+        other = self._open.get(key)
+        if other is not None and other._file is not None:
+            raise RecordingError(
+                f"{self.path} is being recorded into already by {other!r} in this process; give that recorder "
+                "to every box (record=recorder), or BlackBox(record=path), which shares it"
+            )
+        self._lock = _lock(self.path)
+        try:
+            self._start(h5py)
+        except BaseException:
+            os.close(self._lock)
+            raise
+        self._open[key] = self
+
+    def _start(self, h5py: Any) -> None:
         boxes: list[dict[str, Any]] = []
         calls = np.zeros(0, _CALL)
         values = np.zeros(0)
@@ -120,9 +153,13 @@ class Recorder:
             file.create_dataset("boxes", data=texts, maxshape=(None,), chunks=(64,), dtype=_BOX_TEXT)
             file.flush()
             file.close()
-            os.replace(temporary, self.path)
-            self._file = h5py.File(self.path, "r+", libver="latest")
-            self._file.swmr_mode = True
+            os.replace(temporary, self.path)  # until here a kill leaves the old file (or none) in place
+            # reopened straight into SWMR writing: at no moment is the file open for plain writing,
+            # which a kill would leave unreadable
+            access = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+            access.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+            flags = h5py.h5f.ACC_RDWR | h5py.h5f.ACC_SWMR_WRITE
+            self._file = h5py.File(h5py.h5f.open(os.fsencode(self.path), flags, access))
         except OSError as err:
             raise RecordingError(f"cannot write the recording {self.path}: {err}") from err
         self._boxes = boxes
@@ -193,6 +230,7 @@ class Recorder:
         if self._file is not None:
             self._file.close()
             self._file = None
+            os.close(self._lock)  # releases the lock
 
     def __enter__(self) -> "Recorder":
         return self
@@ -217,6 +255,28 @@ class Recorder:
 
     def __repr__(self) -> str:
         return f"Recorder({str(self.path)!r}, calls={self._calls}, boxes={len(self._boxes)})"
+
+
+def _lock(path: Path) -> int:
+    """Hold ``<path>.lock`` exclusively (where the OS offers ``flock``); returns its descriptor."""
+    lock = path.with_name(path.name + ".lock")
+    try:
+        descriptor = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise RecordingError(f"cannot write the recording {path}: {err}") from err
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        return descriptor
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(descriptor)
+        raise RecordingError(
+            f"{path} is being recorded into by another process (it holds {lock}); one process writes a recording "
+            "at a time: stop it, or record into another file"
+        ) from None
+    return descriptor
 
 
 def _as_real(t: Tensor) -> np.ndarray:

@@ -284,11 +284,19 @@ def _write(out: Path, found: list[dict[str, Any]]) -> dict[str, Any]:
     """Tables and figures of ``found``, in an order that depends on the records alone.
 
     Not the order the runs finished in (resumed, or on several workers): by
-    task and method in the order of :func:`tasks` and :data:`METHODS`, then seed.
+    task in the order of :func:`tasks`; then the methods that estimate
+    gradients in the order of :data:`METHODS`, then those that do not
+    (readout-only, CMA-ES): each section's own order (:func:`section_methods`);
+    then seed.
     """
     table = tasks()
     task_order, method_order = {name: i for i, name in enumerate(table)}, {name: i for i, name in enumerate(METHODS)}
-    found = sorted(found, key=lambda r: (task_order[r["task"]], method_order[r["method"]], r["seed"]))
+
+    def order(record: dict[str, Any]) -> tuple:
+        method = record["method"]
+        return task_order[record["task"]], METHODS[method].kind != "gradient", method_order[method], record["seed"]
+
+    found = sorted(found, key=order)
     titles = {name: table[name].title for name in dict.fromkeys(r["task"] for r in found)}
     return report.write(found, out, titles, _header(found))
 
