@@ -185,9 +185,10 @@ class BenchmarkInterrupted(KeyboardInterrupt):
 
     def __init__(self, path: Path, recorded: int, planned: int):
         self.path, self.recorded, self.planned = path, recorded, planned
+        rest = "to write the tables" if recorded == planned else "to run the rest"
         super().__init__(
             f"interrupted: {recorded} of the {planned} planned runs are recorded in {path}; "
-            f"run the same command again to run the rest"
+            f"run the same command again {rest}"
         )
 
 
