@@ -16,7 +16,7 @@ pytest.importorskip("h5py")
 
 import blackgrad as bg
 from blackgrad.cli import app
-from blackgrad.estimators import SPSA, DigitalTwin, FiniteDifference
+from blackgrad.estimators import SPSA, DigitalTwin, FiniteDifference, LearnedJacobian
 from blackgrad.recording import KINDS, Recorder, Recording, RecordingError
 
 
@@ -123,15 +123,21 @@ def test_a_twin_fits_from_a_recording_without_evaluating_anything(tmp_path):
     path = tmp_path / "fit.h5"
     box = bg.BlackBox(torch.sin, FiniteDifference(), record=path, calibrate=False)
     with torch.no_grad():
-        box(torch.rand(512, 2) * 2 - 1)
+        box(torch.rand(512, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1)
     box.recorder.close()
     twin = DigitalTwin(seed=0)
     losses = twin.fit(path, epochs=30)
     assert losses[-1] < 0.1 * losses[0]
-    probe = torch.rand(64, 2) * 2 - 1
+    probe = torch.rand(64, 2, generator=torch.Generator().manual_seed(1)) * 2 - 1
     assert (twin.model(probe) - torch.sin(probe)).abs().max() < 0.1
     with Recording(path) as recording, pytest.raises(TypeError, match="not both a recording and alpha"):
         DigitalTwin().fit(recording, probe)
+    # the learned Jacobian's twin prior pre-fits the same way, and the box then spends only its own probes
+    learned = LearnedJacobian(seed=0)
+    assert learned.prior.fit(path, epochs=5)[-1] < 0.5
+    fitted = bg.BlackBox(torch.sin, learned, calibrate=False)
+    fitted(probe.requires_grad_()).sum().backward()
+    assert fitted.calls.forward == 64 and fitted.calls.probe == 64
 
 
 def test_boxes_given_one_path_share_its_recorder_and_a_second_recorder_is_refused(tmp_path):
