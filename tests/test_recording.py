@@ -53,6 +53,18 @@ def test_every_evaluation_is_recorded_with_its_kind_inputs_and_outputs(tmp_path)
         assert (times[1:] >= times[:-1]).all() and times[0] > time.time() - 600
 
 
+def test_complex_evaluations_come_back_as_they_were(tmp_path):
+    from blackgrad.estimators import Exact
+
+    box = bg.BlackBox(lambda x: x * x, Exact(), record=tmp_path / "c.h5", calibrate=False)
+    x = torch.randn(3, 2, dtype=torch.complex64)
+    y = box(x)
+    box.recorder.close()
+    with Recording(tmp_path / "c.h5") as recording:
+        alpha, out = recording.rows()
+    assert torch.equal(alpha, x.to(torch.complex128)) and torch.equal(out, y.to(torch.complex128))
+
+
 def test_one_recorder_keeps_several_boxes_apart(tmp_path):
     with Recorder(tmp_path / "two.h5") as recorder:
         a = bg.BlackBox(torch.sin, FiniteDifference(), record=recorder, name="a", calibrate=False)
@@ -197,3 +209,5 @@ def test_record_info_summarises_a_recording_and_refuses_other_files(tmp_path):
     result = runner.invoke(app, ["record", "info", str(tmp_path / "missing.h5")])
     assert result.exit_code == 2 and result.output.strip() == f"error: no recording {tmp_path / 'missing.h5'}: no such file"
     assert not (tmp_path / "missing.h5").exists()
+    result = runner.invoke(app, ["record", "info", str(tmp_path)])
+    assert result.exit_code == 2 and f"error: {tmp_path} is not a file; a recording is the HDF5 file" in result.output

@@ -297,8 +297,10 @@ class Recording:
     def __init__(self, path: str | os.PathLike) -> None:
         h5py = _h5py()
         self.path = Path(path)
-        if not self.path.is_file():
+        if not self.path.exists():
             raise RecordingError(f"no recording {self.path}: no such file")
+        if not self.path.is_file():
+            raise RecordingError(f"{self.path} is not a file; a recording is the HDF5 file given to BlackBox(record=...)")
         try:
             # SWMR reading: a file whose writer is running, or was killed, opens too
             self._file = h5py.File(self.path, "r", swmr=True, libver="latest")
