@@ -38,6 +38,11 @@ def test_demo_quick_writes_a_report(tmp_path):
     assert "exact backprop (the limit)" in report and "readout only" in report
     assert "![digits-shg.png](digits-shg.png)" in report
     assert "±" not in report  # one seed: no spread to show
+    # rebuilt from the records alone, by the report command
+    (tmp_path / "report.md").write_text("stale")
+    result = runner.invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "report.md").read_text() == report
 
 
 def test_unknown_names_are_rejected_with_the_known_ones():

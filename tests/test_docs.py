@@ -12,7 +12,7 @@ def python_blocks(path: Path) -> str:
     return "\n".join(re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S))
 
 
-@pytest.mark.parametrize("name", ["README.md", "docs/own-device.md"])
+@pytest.mark.parametrize("name", ["README.md", "docs/own-device.md", "docs/recording.md"])
 def test_examples_run(name, capsys):
     code = python_blocks(ROOT / name)
     assert code.strip(), f"{name} has no python example"

@@ -1,23 +1,70 @@
-"""The ``blackgrad`` command line: the demo, the benchmark and the seed experiments."""
+"""The ``blackgrad`` command line: the demo, the benchmark, the seed experiments and recordings."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
+import tempfile
+import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, NoReturn, Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+# Plain click messages, not rich panels: an error is one line, whatever the terminal's width.
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None)
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    """End the command with a one-line error (exit status 2: bad input; 1: it failed)."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _writable(folder: Path, option: str = "--out") -> Path:
+    """``folder``, created if missing, once a file can be written in it; else a one-line error."""
+    if folder.exists() and not folder.is_dir():
+        _fail(f"{option} {folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        _fail(f"cannot write into {option} {folder}: {err.strerror or err}")
+    return folder
 
 
 def _run_folder(kind: str, out: Optional[Path]) -> Path:
     if out is None:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path("runs") / f"{kind}-{stamp}"
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    return _writable(out)
+
+
+def _names(text: Optional[str], option: str) -> Optional[list[str]]:
+    """A comma-separated list of names, spaces around them ignored; an empty name is an error."""
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        _fail(f"{option} {text!r} holds an empty name; give names separated by single commas")
+    return names
+
+
+@contextlib.contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """Show warnings as ``warning: ...`` lines, without the source line Python adds."""
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' signature
+        typer.echo(f"warning: {message}", err=True)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
 
 def _cores() -> int:
@@ -36,13 +83,24 @@ def _cores() -> int:
 def demo(
     out: Optional[Path] = typer.Option(None, help="run folder (default runs/demo-<time>)"),
     quick: bool = typer.Option(False, help="a few-second version (used by the tests)"),
-    seed: int = typer.Option(0, help="random seed"),
+    seed: int = typer.Option(0, min=0, help="random seed"),
 ) -> None:
-    """Train a hybrid model on digits through a black box, next to exact backprop."""
+    """Train a hybrid model on digits through a black box, next to exact backprop.
+
+    A folder that already holds some of the runs (an interrupted demo) is resumed.
+    """
+    from .bench import BenchmarkInterrupted
+    from .bench.records import RecordsError
     from .demo import run_demo
 
     folder = _run_folder("demo", out)
-    report = run_demo(folder, quick=quick, seed=seed)
+    try:
+        with _one_line_warnings():
+            report = run_demo(folder, quick=quick, seed=seed)
+    except RecordsError as err:
+        _fail(str(err))
+    except BenchmarkInterrupted as err:
+        _fail(str(err), 130)
     typer.echo(f"\nreport written to {report}")
 
 
@@ -60,36 +118,39 @@ def bench(
     seeds: Optional[int] = typer.Option(None, help="number of seeds 0, 1, ... (default 3, 1 in the defaults section; 1 with --quick)"),
     jobs: Optional[int] = typer.Option(None, help="runs trained at once, one process and one torch thread each (default: one per core)"),
 ) -> None:
-    """Compare gradient estimators side by side on simulated physical devices."""
-    from .bench import SECTION_SEEDS, SECTIONS, run_benchmark
+    """Compare gradient estimators side by side on simulated physical devices.
+
+    Each finished run is appended to OUT/records.jsonl.  Run again on the same
+    --out folder (after Ctrl-C, or with more tasks, methods or seeds), it skips
+    the runs recorded there and runs the others; a folder whose records were
+    trained with other settings (--quick or not) is refused.
+    """
+    from .bench import SECTION_SEEDS, SECTIONS, BenchmarkInterrupted, plan, run_benchmark
+    from .bench.records import RecordsError
 
     if section not in SECTIONS:
-        typer.echo(f"unknown section {section!r}; known sections: {', '.join(SECTIONS)}", err=True)
-        raise typer.Exit(2)
+        _fail(f"unknown section {section!r}; known sections: {', '.join(SECTIONS)}")
     seeds = seeds if seeds is not None else (1 if quick else SECTION_SEEDS[section])
     if seeds < 1:
-        typer.echo("--seeds must be at least 1", err=True)
-        raise typer.Exit(2)
+        _fail("--seeds must be at least 1")
     jobs = jobs if jobs is not None else _cores()
     if jobs < 1:
-        typer.echo("--jobs must be at least 1", err=True)
-        raise typer.Exit(2)
-    task_names = tasks.split(",") if tasks else None
-    method_names = methods.split(",") if methods else None
+        _fail("--jobs must be at least 1")
+    task_names = _names(tasks, "--tasks")
+    method_names = _names(methods, "--methods")
+    settings = dict(quick=quick, task_names=task_names, method_names=method_names, seeds=tuple(range(seeds)), section=section)
+    try:
+        plan(**settings)  # unknown names are refused before a folder is made
+    except ValueError as err:
+        _fail(str(err))
     folder = _run_folder("bench", out)
     try:
-        summary = run_benchmark(
-            folder,
-            quick=quick,
-            task_names=task_names,
-            method_names=method_names,
-            seeds=tuple(range(seeds)),
-            jobs=jobs,
-            section=section,
-        )
-    except ValueError as err:
-        typer.echo(str(err), err=True)
-        raise typer.Exit(2)
+        with _one_line_warnings():
+            summary = run_benchmark(folder, jobs=jobs, **settings)
+    except RecordsError as err:
+        _fail(str(err))
+    except BenchmarkInterrupted as err:
+        _fail(str(err), 130)
     typer.echo("\n" + summary["markdown"])
     typer.echo(f"tables and figures written to {folder}")
 
@@ -99,7 +160,7 @@ def run_experiment(
     name: str = typer.Argument(..., help="experiment name, or 'all'"),
     quick: bool = typer.Option(False, help="small, fast variant"),
     out: Optional[Path] = typer.Option(None, help="output folder (default runs/experiments)"),
-    threads: int = typer.Option(1, help="torch threads (small models: one thread is fastest, and robust to a busy core)"),
+    threads: int = typer.Option(1, min=1, help="torch threads (small models: one thread is fastest, and robust to a busy core)"),
 ) -> None:
     """Run one of the seed experiments (or all of them) and rebuild the index report."""
     import torch
@@ -107,15 +168,14 @@ def run_experiment(
     from .experiments import EXPERIMENTS, available, load
     from .experiments.report import write_index
 
-    torch.set_num_threads(threads)
-    root = out if out is not None else Path("runs") / "experiments"
     names = available() if name == "all" else [name]
-    for experiment in names:
-        try:
-            module = load(experiment)
-        except KeyError as err:
-            typer.echo(str(err.args[0]), err=True)
-            raise typer.Exit(2)
+    try:
+        modules = {experiment: load(experiment) for experiment in names}
+    except KeyError as err:
+        _fail(str(err.args[0]))
+    root = _writable(out if out is not None else Path("runs") / "experiments")
+    torch.set_num_threads(threads)
+    for experiment, module in modules.items():
         config = module.Config.quick() if quick else module.Config()
         typer.echo(f"running {experiment} ({'quick' if quick else 'full'}) -> {root / experiment}")
         result = module.run(config, root / experiment, progress=True)
@@ -127,13 +187,67 @@ def run_experiment(
 
 
 @app.command()
-def report(folder: Path = typer.Argument(Path("runs") / "experiments", help="folder holding experiment results")) -> None:
-    """Rebuild the HTML index report of experiments already run."""
+def report(
+    folder: Path = typer.Argument(
+        Path("runs") / "experiments", help="a benchmark or demo folder (holding records.jsonl), or the experiments' folder"
+    ),
+) -> None:
+    """Rebuild the tables and figures of a benchmark from its records, or the experiments' index report.
+
+    A folder holding records.jsonl (from `blackgrad bench` or `blackgrad demo`)
+    gets results.md, results.json and the figures again, from the records
+    alone; the experiments' folder gets its index.html.  Nothing is run.
+    """
+    from .bench import rebuild
+    from .bench.records import RECORDS, RecordsError
     from .experiments import EXPERIMENTS
     from .experiments.report import write_index
 
-    index = write_index(folder, [e for e in EXPERIMENTS if (folder / e / "results.json").exists()])
+    if not folder.exists():
+        _fail(f"no folder {folder}: give a folder written by blackgrad bench, demo or run")
+    if not folder.is_dir():
+        _fail(f"{folder} is a file; give the folder written by blackgrad bench, demo or run")
+    try:
+        if (folder / RECORDS).exists():
+            try:
+                with _one_line_warnings():
+                    summary = rebuild(folder)
+            except RecordsError as err:
+                _fail(str(err))
+            if (folder / "report.md").exists():  # a demo's folder: its report too
+                from .demo import write_report
+
+                write_report(folder, summary)
+            typer.echo("\n" + summary["markdown"])
+            typer.echo(f"tables and figures written to {folder}")
+            return
+        done = [e for e in EXPERIMENTS if (folder / e / "results.json").exists()]
+        if not done:
+            _fail(
+                f"{folder} holds neither benchmark records ({RECORDS}) nor experiment results (<name>/results.json); "
+                f"give a folder written by blackgrad bench, demo or run"
+            )
+        index = write_index(folder, done)
+    except OSError as err:
+        _fail(f"cannot write the report into {folder}: {err.strerror or err}", 1)
     typer.echo(f"index report: {index}")
+
+
+record_app = typer.Typer(no_args_is_help=True, help="Recordings of device evaluations (BlackBox(..., record=PATH)).")
+app.add_typer(record_app, name="record")
+
+
+@record_app.command("info")
+def record_info(path: Path = typer.Argument(..., help="the HDF5 file a BlackBox recorded into")) -> None:
+    """Summarise a recording: its boxes, and the calls and samples of each kind."""
+    from .recording import Recording, RecordingError, describe
+
+    try:
+        with Recording(path) as recording:
+            summary = recording.summary()
+    except RecordingError as err:
+        _fail(str(err))
+    typer.echo(describe(summary))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -26,6 +26,11 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> Path:
     summary = run_benchmark(out, quick=quick, task_names=["digits-shg"], method_names=methods, seeds=(seed,))
     print()
     print(summary["markdown"])
+    return write_report(out, summary)
+
+
+def write_report(out: Path, summary: dict) -> Path:
+    """Write ``out/report.md`` from a benchmark summary (``blackgrad report`` rewrites it from the records)."""
     report = out / "report.md"
     report.write_text(
         "# blackgrad demo\n\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Any, Callable
 
 import torch
@@ -152,6 +153,12 @@ class BlackBox(nn.Module):
             profile to the estimator, which probes with its step unless told
             one — only if the estimator wants a profile (``needs_profile``).
             ``False``: never.  A :class:`~blackgrad.DeviceProfile`: use it.
+        record: a path or a :class:`~blackgrad.recording.Recorder`: every
+            device evaluation (forward, probe and calibration; its inputs
+            ``α = (x, θ)``, outputs, time and call) is appended to that HDF5
+            file and flushed before it is used, so that a crash loses at most
+            the call in flight (needs ``blackgrad[record]``).  Read it back
+            with :class:`~blackgrad.recording.Recording`.
 
     The ledger ``layer.calls`` counts every sample the device evaluated:
     ``forward``, ``probe``, ``failed``, ``total``, ``device_calls`` and
@@ -195,6 +202,7 @@ class BlackBox(nn.Module):
         numpy: bool = False,
         name: str | None = None,
         calibrate: bool | DeviceProfile = True,
+        record: Any = None,
     ) -> None:
         super().__init__()
         if not isinstance(calibrate, (bool, DeviceProfile)):
@@ -242,6 +250,7 @@ class BlackBox(nn.Module):
             name=self.name,
         )
         self.prober: Prober | None = None
+        self.recorder = _recorder(record)
         self._ledger = Ledger()
         self._calibrate = calibrate is True
         self.profile: DeviceProfile | None = calibrate if isinstance(calibrate, DeviceProfile) else None
@@ -432,6 +441,7 @@ class BlackBox(nn.Module):
         p = 0 if self.params is None else self.params.numel()
         self.prober = Prober(self.fun, in_shape, n_params=p, out_shape=self._out_shape, **self._prober_options)
         self.prober.ledger = self._ledger
+        self.prober.recorder = self.recorder
 
     def _alpha(self, x: Tensor, theta: Tensor | None) -> Tensor:
         if theta is None:
@@ -489,3 +499,16 @@ class BlackBox(nn.Module):
         grad_x = grad[:, :n].to(x.dtype) if need_x else None
         grad_theta = grad[:, n:].sum(0) if need_theta else None
         return grad_x, grad_theta
+
+
+def _recorder(record: Any) -> Any:
+    """``record=`` as a :class:`~blackgrad.recording.Recorder` (or None)."""
+    if record is None:
+        return None
+    from .recording import Recorder
+
+    if isinstance(record, Recorder):
+        return record
+    if isinstance(record, (str, os.PathLike)):
+        return Recorder.shared(record)  # boxes given one path share its recorder
+    raise TypeError(f"record must be a path or a blackgrad.recording.Recorder, got {type(record).__name__}")

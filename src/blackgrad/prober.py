@@ -163,7 +163,12 @@ class Prober:
             evaluation, so the budget is never exceeded.
         numpy: call ``fun`` with numpy arrays instead of tensors.
         name: how errors name the device.
+
+    ``recorder``: a :class:`~blackgrad.recording.Recorder` that every
+    successful device call is written to before it returns (None: none).
     """
+
+    recorder: Any = None
 
     def __init__(
         self,
@@ -356,6 +361,8 @@ class Prober:
                     raise DeviceOutputError(message)
                 continue
             setattr(self.ledger, kind, getattr(self.ledger, kind) + n)
+            if self.recorder is not None:
+                self.recorder.write(self, kind, x, theta, y)
             return y
         raise AssertionError("unreachable")  # pragma: no cover
 

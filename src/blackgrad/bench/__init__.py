@@ -15,6 +15,7 @@ import functools
 import json
 import multiprocessing
 import platform
+import signal
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -22,12 +23,25 @@ from typing import Any, Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from . import report
+from . import records, report
 from .methods import DEFAULTS_BASELINES, METHODS, SECTIONS, Method
 from .runner import run_one
 from .tasks import Task, tasks
 
-__all__ = ["run_benchmark", "plan", "section_methods", "METHODS", "SECTIONS", "Method", "Task", "tasks", "run_one"]
+__all__ = [
+    "run_benchmark",
+    "rebuild",
+    "run_config",
+    "BenchmarkInterrupted",
+    "plan",
+    "section_methods",
+    "METHODS",
+    "SECTIONS",
+    "Method",
+    "Task",
+    "tasks",
+    "run_one",
+]
 
 #: seeds a section runs when none are given (the CLI's default; ``--quick`` runs one):
 #: the defaults section runs every estimator class on every task, so one seed keeps it
@@ -85,7 +99,7 @@ def plan(
         else:
             chosen = list(section_methods(task, section))
         runs += [(task.name, method, seed) for method in chosen for seed in seeds]
-    return runs
+    return list(dict.fromkeys(runs))  # a name or seed given twice is one run, recorded once
 
 
 def run_benchmark(
@@ -99,7 +113,7 @@ def run_benchmark(
     jobs: int = 1,
     section: str = "main",
 ) -> dict[str, Any]:
-    """Run every (task, method, seed), write tables and figures into ``out``; return the summary.
+    """Run every (task, method, seed) not yet recorded in ``out``, write tables and figures; return the summary.
 
     ``quick``: small data and few epochs, and — unless tasks are named — the
     main task alone: a smoke run well under a minute.
@@ -113,40 +127,209 @@ def run_benchmark(
     import the package afresh and look tasks and methods up by name: with
     ``jobs > 1`` only the built-in :func:`tasks` and :data:`METHODS` run, not
     entries a caller added or replaced at run time.
+
+    Each finished run is appended at once to ``out/records.jsonl``
+    (:mod:`~blackgrad.bench.records`).  A folder that already holds records
+    is resumed: runs recorded there are skipped, the missing ones run and
+    are appended, so an interrupted benchmark (``KeyboardInterrupt``, raised
+    as :class:`BenchmarkInterrupted`) loses only the runs in flight.  A folder
+    holds one configuration: a record trained with other settings than this
+    call would use (``quick`` or not, another version's epochs) raises
+    :class:`~blackgrad.bench.records.RecordsError` before anything runs, as
+    two configurations averaged into one table row would be a wrong answer.
+    The tables cover every record in the folder (:func:`rebuild` writes the
+    same from the records alone).
     """
     runs = plan(quick, task_names, method_names, seeds, section)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a positive int, got {jobs!r}")
     table = tasks()
-    selected = [table[name] for name in dict.fromkeys(task for task, _, _ in runs)]
-    Path(out).mkdir(parents=True, exist_ok=True)
-    records = []
-    bar = tqdm(total=len(runs), disable=not progress, desc="benchmark")
-    # one line per finished run: an interrupted benchmark keeps what it measured
-    with open(Path(out) / "records.jsonl", "a") as log:
-        for record in _execute(runs, quick, threads, jobs):
-            records.append(record)
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            fidelity = "" if record.get("fidelity") is None else f" fidelity {record['fidelity']:.2f}"
-            bar.set_postfix_str(f"{record['task']} {record['method']} seed {record['seed']}: {record['accuracy']:.3f}{fidelity}")
-            bar.update()
-    bar.close()
-    order = {run: index for index, run in enumerate(runs)}
-    records.sort(key=lambda r: order[(r["task"], r["method"], r["seed"])])
-    workers = min(jobs, len(runs))
-    threads_per_run = threads if threads is not None else (1 if workers > 1 else torch.get_num_threads())
-    mode = ("quick" if quick else "full") + (f", {section} section" if section != "main" else "")
-    header = (
-        f"Benchmark ({mode}): seeds {list(seeds)}, "
-        f"torch {torch.__version__}, {platform.machine()}, {threads_per_run} torch thread(s) per run, "
-        f"{workers} run(s) at once."
-    )
-    return report.write(records, Path(out), {t.name: t.title for t in selected}, header)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / records.RECORDS
+    with records.Appender(path) as log:  # locked: no other benchmark writes the folder meanwhile
+        found = records.read(path)
+        _check_resumable(found, quick, path)
+        records.drop_cut_short_line(path)  # warned about by read: its run is run again
+        done = {records.key(record) for record in found}
+        todo = [run for run in runs if run not in done]
+        workers = min(jobs, len(todo)) or 1
+        threads_per_run = threads if threads is not None else (1 if workers > 1 else torch.get_num_threads())
+        environment = {
+            "section": section,
+            "threads": threads_per_run,
+            "workers": workers,
+            "torch": torch.__version__,
+            "machine": platform.machine(),
+        }
+        bar = tqdm(total=len(runs), initial=len(runs) - len(todo), disable=not progress, desc="benchmark")
+        try:
+            for record in _execute(todo, quick, threads, jobs):
+                record["config"] = run_config(table[record["task"]], METHODS[record["method"]], quick)
+                record["environment"] = environment
+                log.append(record)
+                fidelity = "" if record.get("fidelity") is None else f" fidelity {record['fidelity']:.2f}"
+                bar.set_postfix_str(f"{record['task']} {record['method']} seed {record['seed']}: {record['accuracy']:.3f}{fidelity}")
+                bar.update()
+        except KeyboardInterrupt:
+            recorded = {records.key(record) for record in records.read(path)}  # wherever the interrupt fell
+            raise BenchmarkInterrupted(path, sum(run in recorded for run in runs), len(runs)) from None
+        finally:
+            bar.close()
+        # the tables of the records as written, exactly as rebuild() reads them back
+        return _write(out, records.read(path))
+
+
+class BenchmarkInterrupted(KeyboardInterrupt):
+    """A benchmark was interrupted; the runs that finished are recorded and a rerun resumes it."""
+
+    def __init__(self, path: Path, recorded: int, planned: int):
+        self.path, self.recorded, self.planned = path, recorded, planned
+        rest = "to write the tables" if recorded == planned else "to run the rest"
+        super().__init__(
+            f"interrupted: {recorded} of the {planned} planned runs are recorded in {path}; "
+            f"run the same command again {rest}"
+        )
+
+
+def run_config(task: Task, method: Method, quick: bool) -> dict[str, Any]:
+    """Every setting that changes what a run of ``method`` on ``task`` measures, JSON-ready.
+
+    Two records of one (task, method, seed) measured the same thing exactly
+    when these agree (the devices' physics is fixed by the task and the
+    package version).
+    """
+    from .. import __version__
+
+    data = _data(task.name, quick)
+    settings = {
+        "version": __version__,
+        "quick": quick,
+        "epochs": task.quick_epochs if quick else task.epochs,
+        "train_samples": int(data.x_train.shape[0]),
+        "test_samples": int(data.x_test.shape[0]),
+        "layers": task.layers,
+        "batch_size": task.batch_size,
+        "lr": task.lr,
+        "probe_step": task.probe_step,
+        "frequencies": task.frequencies,
+        "pretrain_epochs": task.pretrain_epochs,
+        "normalize": task.normalize,
+        "kind": method.kind,
+        "pretrain": method.pretrain,
+    }
+    return json.loads(json.dumps(settings))  # as read back from a record: tuples are lists
+
+
+def _known(found: list[dict[str, Any]], path: Path) -> dict[str, Task]:
+    """The tasks of this version; a record of a task or method it does not know is an error."""
+    table = tasks()
+    for record in found:
+        if record["task"] not in table:
+            raise records.RecordsError(f"{path} holds a run of task {record['task']!r}, unknown here; known tasks: {', '.join(table)}")
+        if record["method"] not in METHODS:
+            raise records.RecordsError(
+                f"{path} holds a run of method {record['method']!r}, unknown here; known methods: {', '.join(METHODS)}"
+            )
+    return table
+
+
+def _check_resumable(found: list[dict[str, Any]], quick: bool, path: Path) -> None:
+    """Refuse, before anything runs, a folder whose records another configuration trained, or that repeats a run."""
+    table = _known(found, path)
+    seen = set()
+    advice = f"use another --out folder, or delete {path} to start again"
+    for record in found:
+        run = records.key(record)
+        name = f"{run[0]} / {run[1]} / seed {run[2]}"
+        if run in seen:
+            raise records.RecordsError(f"{path} holds two records of {name}; delete one of them")
+        seen.add(run)
+        if "config" not in record:
+            raise records.RecordsError(
+                f"{path} holds records without their configuration (written before benchmarks could be resumed), "
+                f"so they cannot be resumed: {advice}"
+            )
+        expected = run_config(table[run[0]], METHODS[run[1]], quick)
+        if record["config"] != expected:
+            changed = ", ".join(
+                f"{field} {record['config'].get(field)!r} there, {expected.get(field)!r} now"
+                for field in sorted(set(expected) | set(record["config"]))
+                if record["config"].get(field) != expected.get(field)
+            )
+            raise records.RecordsError(
+                f"{path} holds runs of another configuration ({name}: {changed}); "
+                f"its tables would mix the two: {advice}"
+            )
+
+
+def rebuild(out: Path) -> dict[str, Any]:
+    """Write the tables and figures of the benchmark folder ``out`` from its ``records.jsonl`` alone.
+
+    The same files, from the same records, as :func:`run_benchmark` wrote
+    (a cut-short last line is left out with a warning); the folder is only
+    read, apart from them.
+    """
+    out = Path(out)
+    path = out / records.RECORDS
+    if not path.is_file():
+        raise records.RecordsError(f"{out} holds no {records.RECORDS}: it is not a benchmark folder")
+    found = records.read(path)
+    if not found:
+        raise records.RecordsError(f"{path} holds no finished run: there is nothing to report")
+    _known(found, path)
+    return _write(out, found)
+
+
+def _write(out: Path, found: list[dict[str, Any]]) -> dict[str, Any]:
+    """Tables and figures of ``found``, in an order that depends on the records alone.
+
+    Not the order the runs finished in (resumed, or on several workers): by
+    task in the order of :func:`tasks`; then the methods that estimate
+    gradients in the order of :data:`METHODS`, then those that do not
+    (readout-only, CMA-ES): each section's own order (:func:`section_methods`);
+    then seed.
+    """
+    table = tasks()
+    task_order, method_order = {name: i for i, name in enumerate(table)}, {name: i for i, name in enumerate(METHODS)}
+
+    def order(record: dict[str, Any]) -> tuple:
+        method = record["method"]
+        return task_order[record["task"]], METHODS[method].kind != "gradient", method_order[method], record["seed"]
+
+    found = sorted(found, key=order)
+    titles = {name: table[name].title for name in dict.fromkeys(r["task"] for r in found)}
+    return report.write(found, out, titles, _header(found))
+
+
+def _header(found: list[dict[str, Any]]) -> str:
+    """The line above the tables: the mode and seeds, and how the runs were run (from the records)."""
+
+    def values(field: str) -> list[Any]:
+        return list(dict.fromkeys(r["environment"][field] for r in found if field in r.get("environment", {})))
+
+    def joined(field: str) -> str:
+        return " / ".join(str(v) for v in values(field))
+
+    modes = list(dict.fromkeys(r["config"]["quick"] for r in found if "config" in r))
+    mode = " / ".join("quick" if quick else "full" for quick in modes) or "mode not recorded"
+    sections = [s for s in values("section") if s != "main"]
+    if sections:
+        mode += ", " + " / ".join(sections) + " section"
+    seeds = sorted({r["seed"] for r in found})
+    text = f"Benchmark ({mode}): seeds {seeds}"
+    if values("torch"):
+        text += (
+            f", torch {joined('torch')}, {joined('machine')}, {joined('threads')} torch thread(s) per run, "
+            f"{joined('workers')} run(s) at once"
+        )
+    return text + "."
 
 
 def _execute(runs: list[tuple[str, str, int]], quick: bool, threads: int | None, jobs: int) -> Iterator[dict[str, Any]]:
     """Yield the record of each planned run as it finishes: in this process, or in ``jobs`` workers."""
+    if not runs:  # all recorded already: no workers to start
+        return
     if jobs == 1 or len(runs) == 1:
         previous = torch.get_num_threads()
         try:
@@ -159,14 +342,24 @@ def _execute(runs: list[tuple[str, str, int]], quick: bool, threads: int | None,
     context = multiprocessing.get_context("spawn")
     # workers that each took torch's default of one thread per core would oversubscribe the cores
     per_worker = threads if threads is not None else 1
-    with ProcessPoolExecutor(max_workers=min(jobs, len(runs)), mp_context=context) as pool:
+    # Ctrl-C reaches the whole process group: the workers ignore it and this process,
+    # which alone writes the records, stops them
+    with ProcessPoolExecutor(max_workers=min(jobs, len(runs)), mp_context=context, initializer=_ignore_interrupts) as pool:
         futures = [pool.submit(_run_planned, *run, quick, per_worker) for run in runs]
         try:
             for future in as_completed(futures):
                 yield future.result()
         except BaseException:
+            # the runs in flight are lost either way: stop their workers rather than wait for them
+            workers = list((getattr(pool, "_processes", None) or {}).values())  # shutdown forgets them
             pool.shutdown(wait=False, cancel_futures=True)
+            for process in workers:
+                process.terminate()
             raise
+
+
+def _ignore_interrupts() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @functools.lru_cache(maxsize=None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -106,13 +107,33 @@ class DigitalTwin(LearnedEstimator):
         if self.online:
             super().update()
 
-    def fit(self, prober, alpha: Tensor, epochs: int = 50, progress: bool = False) -> list[float]:
+    def fit(self, prober, alpha: Tensor | None = None, epochs: int = 50, progress: bool = False, box: int | str | None = None) -> list[float]:
         """Pre-fit the twin on the device's outputs at the rows ``alpha`` ``(N, d)``.
 
         Spends ``N`` probe evaluations (one per row), then runs ``epochs``
         passes of minibatch training over them.  Returns the loss per epoch.
+
+        Or, given a :class:`~blackgrad.recording.Recording` (or its path) in
+        place of the prober and no ``alpha``: fits on every evaluation it
+        recorded of one box (``box``: its index or name, where it holds
+        several), spending none.
         """
-        y = prober(alpha)
+        from ..recording import Recording
+
+        if isinstance(prober, (str, os.PathLike, Recording)):
+            if alpha is not None:
+                raise TypeError("DigitalTwin.fit takes a recording or (prober, alpha), not both a recording and alpha")
+            built = None if self.model is None else next(self.model.parameters(), None)
+            dtype = torch.get_default_dtype() if built is None else built.dtype
+            if isinstance(prober, Recording):
+                alpha, y = prober.rows(box=box, dtype=dtype)
+            else:
+                with Recording(prober) as recording:
+                    alpha, y = recording.rows(box=box, dtype=dtype)
+        elif alpha is None:
+            raise TypeError("DigitalTwin.fit(prober, alpha) needs the rows alpha to evaluate")
+        else:
+            y = prober(alpha)
         self.prepare(alpha.shape[1], y.shape[1], alpha)
         self.values.reserve(len(self.values) + alpha.shape[0])  # keep every row that was paid for
         self.values.add(alpha=alpha, y=y)
