@@ -341,3 +341,19 @@ def test_the_spread_score_and_gate_survive_state_dict():
     fresh = bg.estimators.SPSA(step=1e-2, seed=5)
     fresh.load_state_dict(copy.deepcopy(box.estimator.state_dict()))
     assert fresh.fidelity == box.fidelity and fresh.monitor.open == box.estimator.monitor.open
+
+
+def test_a_shut_unbiased_part_passes_its_inner_estimators_gradient():
+    model = nn.Linear(N, M, bias=False).double()
+    weight = A + 0.05 * A.flip(0)
+    with torch.no_grad():
+        model.weight.copy_(weight)
+    inner = DigitalTwin(model=model, updates=0, step=1e-3)
+    estimator = bg.estimators.Unbiased(inner, seed=1, gate_rows=10**9)  # its own gate never opens
+    box = bg.BlackBox(linear, estimator, calibrate=False)
+    for seed in range(40):
+        x = batch(seed, rows=8).requires_grad_(True)
+        g = torch.randn(8, M, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+        box(x).backward(g)
+    assert estimator.monitor.factor("inputs") == 0.0 and inner.gate_factor("inputs") == 1.0
+    assert torch.allclose(x.grad, g @ weight)  # the twin's own VJP, not zero and not the correction
