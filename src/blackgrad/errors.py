@@ -15,6 +15,10 @@ class DeviceError(BlackGradError):
     """The black box raised, even after the retries the policy allows."""
 
 
+class PoolError(DeviceError):
+    """Every worker of a device pool failed on a request, or a pool could not start its workers."""
+
+
 class DeviceOutputError(BlackGradError):
     """The black box returned something unusable: wrong shape, type, NaN or Inf."""
 
