@@ -30,6 +30,7 @@ import concurrent.futures as futures
 import multiprocessing
 import os
 import pickle
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -243,8 +244,10 @@ def _describe(err: BaseException) -> str:
     cause = getattr(err, "cause", None)  # a Ray task error carries the device's own exception
     if isinstance(cause, BaseException):
         err = cause
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(err)).splitlines() if line.strip()]
+    if len(lines) > 1:  # a remote traceback: its first line says where, its last line what
+        lines = [lines[0], "...", lines[-1]]
+    return f"{type(err).__name__}: {' '.join(lines)}".rstrip(": ")
 
 
 # ------------------------------------------------------------- scheduling
@@ -287,8 +290,11 @@ class _Pool:
         return PoolStatus(self.name, self._requests, [_copy(w.ledger) for w in self._workers])
 
     def worker_attribute(self, name: str) -> list[Any]:
-        """The attribute ``name`` of every worker's device (e.g. its own evaluation counter), in worker order."""
-        return [worker.attribute(name) for worker in self._workers]
+        """The attribute ``name`` of every worker's device (e.g. its own evaluation counter), in worker order.
+
+        ``None`` for a worker whose process or actor is dead (its device went with it).
+        """
+        return [worker.attribute(name) if worker.ledger.alive else None for worker in self._workers]
 
     def close(self) -> None:
         """Stop the workers (processes, actors); the pool cannot be used afterwards."""
@@ -549,7 +555,8 @@ class _RayWorker(_Worker):
                 if isinstance(err, self.ray.exceptions.GetTimeoutError)
                 else ""
             )
-            raise PoolError(f"{self.ledger.worker} did not start within {self.start_timeout:g} s: {_describe(err)}{hint}") from err
+            when = f"within {self.start_timeout:g} s" if hint else "(its device's factory failed where the actor runs)"
+            raise PoolError(f"{self.ledger.worker} did not start {when}: {_describe(err)}{hint}") from err
 
     def submit(self, args: tuple[Any, ...]) -> futures.Future:
         return self.actor.evaluate.remote(*args).future()
