@@ -144,6 +144,45 @@ def _timed_call(device: Callable[..., Any], args: tuple[Any, ...]) -> tuple[Any,
     return output, time.perf_counter() - start
 
 
+class _TensorData:
+    """A CPU tensor travelling to or from another process as a numpy array.
+
+    Pickling a tensor goes through ``torch.save`` (slow, and Ray copies it);
+    a numpy array travels as raw bytes, zero-copy in Ray.  The receiver gets a
+    tensor of the same dtype and shape back, on the CPU.
+    """
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def __getstate__(self) -> np.ndarray:
+        return self.array
+
+    def __setstate__(self, array: np.ndarray) -> None:
+        self.array = array
+
+
+def _pack(value: Any) -> Any:
+    if isinstance(value, Tensor) and value.dtype not in (torch.bfloat16,) and not value.is_quantized:
+        return _TensorData(value.detach().cpu().numpy())
+    return value
+
+
+def _unpack(value: Any) -> Any:
+    if isinstance(value, _TensorData):
+        array = value.array if value.array.flags.writeable else value.array.copy()  # Ray hands out read-only views
+        return torch.from_numpy(array)
+    return value
+
+
+def _timed_remote_call(device: Callable[..., Any], args: tuple[Any, ...]) -> tuple[Any, float]:
+    """:func:`_timed_call` where the worker runs, with tensors packed both ways."""
+    output, seconds = _timed_call(device, tuple(_unpack(a) for a in args))
+    return _pack(output), seconds
+
+
 class _ThreadWorker(_Worker):
     def __init__(self, label: str, device: Callable[..., Any], executor: futures.ThreadPoolExecutor) -> None:
         super().__init__(label)
@@ -174,7 +213,7 @@ def _process_ping() -> int:
 
 def _process_evaluate(payload: bytes) -> bytes:
     # Plain pickle both ways: tensors travel by value, not through torch's shared-memory reductions.
-    output = _timed_call(_PROCESS_DEVICE, pickle.loads(payload))
+    output = _timed_remote_call(_PROCESS_DEVICE, pickle.loads(payload))
     return pickle.dumps(output, protocol=pickle.HIGHEST_PROTOCOL)
 
 
@@ -182,19 +221,28 @@ def _process_attribute(name: str) -> Any:
     return getattr(_PROCESS_DEVICE, name)
 
 
-class _Unpickled(futures.Future):
-    """A future of a process call whose bytes result is unpickled on the way out."""
+class _Then(futures.Future):
+    """The future of ``convert(result)`` for another future's result; its exception passes through."""
 
-    def __init__(self, inner: futures.Future) -> None:
+    def __init__(self, inner: futures.Future, convert: Callable[[Any], Any]) -> None:
         super().__init__()
+        self._convert = convert
         inner.add_done_callback(self._finish)
 
     def _finish(self, inner: futures.Future) -> None:
         err = inner.exception()
         if err is not None:
             self.set_exception(err)
-        else:
-            self.set_result(pickle.loads(inner.result()))
+            return
+        try:
+            self.set_result(self._convert(inner.result()))
+        except Exception as failure:
+            self.set_exception(failure)
+
+
+def _received(result: tuple[Any, float]) -> tuple[Any, float]:
+    output, seconds = result
+    return _unpack(output), seconds
 
 
 class _ProcessWorker(_Worker):
@@ -222,8 +270,8 @@ class _ProcessWorker(_Worker):
             ) from err
 
     def submit(self, args: tuple[Any, ...]) -> futures.Future:
-        payload = pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL)
-        return _Unpickled(self.executor.submit(_process_evaluate, payload))
+        payload = pickle.dumps(tuple(_pack(a) for a in args), protocol=pickle.HIGHEST_PROTOCOL)
+        return _Then(self.executor.submit(_process_evaluate, payload), lambda blob: _received(pickle.loads(blob)))
 
     def died(self, err: BaseException) -> bool:
         return isinstance(err, futures.process.BrokenProcessPool)
@@ -559,7 +607,7 @@ class _RayWorker(_Worker):
             raise PoolError(f"{self.ledger.worker} did not start {when}: {_describe(err)}{hint}") from err
 
     def submit(self, args: tuple[Any, ...]) -> futures.Future:
-        return self.actor.evaluate.remote(*args).future()
+        return _Then(self.actor.evaluate.remote(*(_pack(a) for a in args)).future(), _received)
 
     def died(self, err: BaseException) -> bool:
         return isinstance(err, self.ray.exceptions.RayActorError)
@@ -595,7 +643,7 @@ def _ray_actor_class(ray: Any) -> Any:
                 return os.getpid()
 
             def evaluate(self, *args: Any) -> tuple[Any, float]:
-                return _timed_call(self.device, args)
+                return _timed_remote_call(self.device, args)
 
             def attribute(self, name: str) -> Any:
                 return getattr(self.device, name)
