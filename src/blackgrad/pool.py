@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as futures
+import functools
 import multiprocessing
 import os
 import pickle
@@ -458,6 +459,8 @@ def _copy(ledger: WorkerLedger) -> WorkerLedger:
 
 
 def _device_name(device: Any) -> str:
+    if isinstance(device, functools.partial):  # a factory: name what it builds
+        device = device.func
     return getattr(device, "name", None) or getattr(device, "__name__", None) or type(device).__name__
 
 
