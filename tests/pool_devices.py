@@ -81,3 +81,7 @@ def make_elementwise() -> Elementwise:
 
 def make_dies_on_second_call() -> DiesOnCall:
     return DiesOnCall(die_on=2)
+
+
+def make_broken() -> Elementwise:
+    raise OSError("no camera on /dev/video0")

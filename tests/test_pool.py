@@ -12,7 +12,7 @@ from blackgrad.errors import DeviceError, PoolError
 from blackgrad.estimators import SPSA
 from blackgrad.pool import DevicePool
 
-from pool_devices import AlwaysRaises, DiesOnCall, Elementwise, RaisesOnCall, WrongRows, make_elementwise
+from pool_devices import AlwaysRaises, DiesOnCall, Elementwise, RaisesOnCall, WrongRows, make_broken, make_elementwise
 
 
 def batch(rows=10, n=4, dtype=torch.float64):
@@ -149,3 +149,15 @@ def test_training_through_pools_is_identical_to_the_local_device(numpy):
             assert all(torch.equal(a, b) for a, b in zip(pool_params, params))
             assert {k: v for k, v in pool_calls.items() if k != "seconds"} == {k: v for k, v in calls.items() if k != "seconds"}
         assert processes.status().samples == calls["total"]
+
+
+def test_processes_every_worker_dying_or_raising_is_a_clear_error():
+    with DevicePool([DiesOnCall(die_on=1), AlwaysRaises()], mode="processes") as pool:
+        with pytest.raises(PoolError, match="every worker failed") as info:
+            pool(batch(4))
+        message = str(info.value)
+        assert "process 0: died (BrokenProcessPool" in message
+        assert "process 1: RuntimeError: detector saturated" in message  # the device's own error, across the process
+        assert [w.alive for w in pool.status().workers] == [False, True]
+    with pytest.raises(PoolError, match="process 0 did not start: OSError: no camera on /dev/video0"):
+        DevicePool(factory=make_broken, workers=1, mode="processes")

@@ -14,6 +14,7 @@ from .errors import (
     GradientShapeError,
     InputShapeError,
     NoGradientError,
+    PoolError,
 )
 from .function import gradiator, no_grad
 from .module import BlackBox
@@ -43,4 +44,5 @@ __all__ = [
     "GradientShapeError",
     "InputShapeError",
     "NoGradientError",
+    "PoolError",
 ]

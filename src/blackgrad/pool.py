@@ -201,14 +201,15 @@ class _ThreadWorker(_Worker):
 _PROCESS_DEVICE: Any = None
 
 
-def _process_init(blob: bytes) -> None:
-    global _PROCESS_DEVICE
+def _process_init() -> None:
     torch.set_num_threads(1)  # k workers on a machine: one torch thread each, as the bench runner does
+
+
+def _process_build(blob: bytes) -> int:
+    """The first task of a worker process: build its device (a task, so that its error comes back whole)."""
+    global _PROCESS_DEVICE
     kind, obj = pickle.loads(blob)
     _PROCESS_DEVICE = obj() if kind == "factory" else obj
-
-
-def _process_ping() -> int:
     return os.getpid()
 
 
@@ -255,9 +256,9 @@ class _ProcessWorker(_Worker):
     def _start(self) -> None:
         """Start the process; :meth:`wait_started` waits for it (so that k processes start at once)."""
         self.executor = futures.ProcessPoolExecutor(
-            max_workers=1, mp_context=self.context, initializer=_process_init, initargs=(self.blob,)
+            max_workers=1, mp_context=self.context, initializer=_process_init
         )
-        self._ping = self.executor.submit(_process_ping)
+        self._ping = self.executor.submit(_process_build, self.blob)
 
     def wait_started(self) -> None:
         try:
@@ -296,7 +297,7 @@ def _describe(err: BaseException) -> str:
     lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(err)).splitlines() if line.strip()]
     if len(lines) > 1:  # a remote traceback: its first line says where, its last line what
         lines = [lines[0], "...", lines[-1]]
-    return f"{type(err).__name__}: {' '.join(lines)}".rstrip(": ")
+    return f"{type(err).__name__}: {' '.join(lines)}".rstrip(": .")
 
 
 # ------------------------------------------------------------- scheduling
