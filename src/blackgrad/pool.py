@@ -77,9 +77,10 @@ class WorkerLedger:
 class PoolStatus:
     """A pool's ledger: one :class:`WorkerLedger` per worker and the totals.
 
-    ``samples`` equals the number of samples the pool returned (each was
-    evaluated once, successfully, by one worker); ``failed_samples`` counts
-    the evaluations spent on shares that failed and were retried.
+    ``samples`` counts the samples evaluated successfully, each once, by
+    one worker — the samples the pool returned, plus, in a request that
+    failed as a whole, its shares that had succeeded; ``failed_samples``
+    counts the samples of shares that failed (and were retried elsewhere).
     """
 
     name: str
