@@ -59,6 +59,9 @@ def bench(
     methods: Optional[str] = typer.Option(None, help="comma-separated method names (default: the section's list for each task)"),
     seeds: Optional[int] = typer.Option(None, help="number of seeds 0, 1, ... (default 3, 1 in the defaults section; 1 with --quick)"),
     jobs: Optional[int] = typer.Option(None, help="runs trained at once, one process and one torch thread each (default: one per core)"),
+    ray: Optional[str] = typer.Option(
+        None, help="run the runs as Ray tasks: 'local' (a local Ray of --jobs CPUs) or a cluster's address (needs blackgrad[ray])"
+    ),
 ) -> None:
     """Compare gradient estimators side by side on simulated physical devices."""
     from .bench import SECTION_SEEDS, SECTIONS, run_benchmark
@@ -86,6 +89,7 @@ def bench(
             seeds=tuple(range(seeds)),
             jobs=jobs,
             section=section,
+            ray=ray,
         )
     except ValueError as err:
         typer.echo(str(err), err=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import multiprocessing
+import os
 import platform
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -98,6 +99,7 @@ def run_benchmark(
     threads: int | None = 1,
     jobs: int = 1,
     section: str = "main",
+    ray: str | None = None,
 ) -> dict[str, Any]:
     """Run every (task, method, seed), write tables and figures into ``out``; return the summary.
 
@@ -113,6 +115,11 @@ def run_benchmark(
     import the package afresh and look tasks and methods up by name: with
     ``jobs > 1`` only the built-in :func:`tasks` and :data:`METHODS` run, not
     entries a caller added or replaced at run time.
+    ``ray``: run every run as a Ray task (one CPU each) instead: ``"local"``
+    starts a local Ray of ``jobs`` CPUs, anything else is the address of a
+    cluster to join (whose nodes must have blackgrad installed); a Ray
+    already initialised in this process is used as it is.  The records are
+    those of ``jobs=1``.
     """
     runs = plan(quick, task_names, method_names, seeds, section)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
@@ -124,7 +131,8 @@ def run_benchmark(
     bar = tqdm(total=len(runs), disable=not progress, desc="benchmark")
     # one line per finished run: an interrupted benchmark keeps what it measured
     with open(Path(out) / "records.jsonl", "a") as log:
-        for record in _execute(runs, quick, threads, jobs):
+        executed = _execute(runs, quick, threads, jobs) if ray is None else _execute_on_ray(runs, quick, threads, jobs, ray)
+        for record in executed:
             records.append(record)
             log.write(json.dumps(record) + "\n")
             log.flush()
@@ -140,7 +148,7 @@ def run_benchmark(
     header = (
         f"Benchmark ({mode}): seeds {list(seeds)}, "
         f"torch {torch.__version__}, {platform.machine()}, {threads_per_run} torch thread(s) per run, "
-        f"{workers} run(s) at once."
+        + (f"{workers} run(s) at once." if ray is None else f"runs as Ray tasks ({ray}).")
     )
     return report.write(records, Path(out), {t.name: t.title for t in selected}, header)
 
@@ -167,6 +175,42 @@ def _execute(runs: list[tuple[str, str, int]], quick: bool, threads: int | None,
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
+
+
+def _execute_on_ray(
+    runs: list[tuple[str, str, int]], quick: bool, threads: int | None, jobs: int, address: str
+) -> Iterator[dict[str, Any]]:
+    """Yield the record of each planned run as it finishes, each trained in a Ray task."""
+    try:
+        import ray
+    except ImportError as err:
+        raise ValueError("--ray needs Ray: pip install 'blackgrad[ray]'") from err
+    started = not ray.is_initialized()
+    if started and address == "local":
+        # the workers import the blackgrad this process runs, wherever it lies
+        source = str(Path(__file__).resolve().parents[2])
+        path = os.pathsep.join(p for p in (source, os.environ.get("PYTHONPATH", "")) if p)
+        ray.init(num_cpus=jobs, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    elif started:
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except Exception as err:
+            raise ValueError(
+                f"--ray {address}: could not join a Ray cluster there ({type(err).__name__}: {err}); check the "
+                "address (`ray status` on the head node shows it) and that this machine can reach it, or use --ray local"
+            ) from err
+    pending = []
+    try:
+        train = ray.remote(num_cpus=1)(_run_planned)
+        pending = [train.remote(*run, quick, threads if threads is not None else 1) for run in runs]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            yield ray.get(done[0])
+    finally:
+        for ref in pending:  # interrupted or failed: stop what has not run
+            ray.cancel(ref)
+        if started:
+            ray.shutdown()
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,4 +1,4 @@
-"""RayPool on a local Ray of 2 CPUs: order, an actor killed mid-request, training identical to the local device."""
+"""Ray: RayPool (order, an actor killed mid-request, training identical to the local device) and `bench --ray`, on one local Ray of 2 CPUs."""
 
 import os
 import threading
@@ -74,3 +74,19 @@ def test_actors_that_cannot_start_are_a_clear_error(local_ray):
 
     with pytest.raises(PoolError, match="ray actor 0 did not start .its device's factory failed.*no camera on /dev/video0"):
         RayPool(broken_factory, workers=1, actor_options={"num_cpus": 0.5})
+
+
+def test_bench_runs_as_ray_tasks_give_the_records_of_serial_ones(local_ray, tmp_path):
+    from blackgrad.bench import run_benchmark
+
+    def records(**where):
+        summary = run_benchmark(
+            tmp_path / str(where), quick=True, task_names=["moons-shg"], method_names=["exact"], seeds=(0,),
+            progress=False, **where,
+        )
+        return {(r["method"], r["seed"]): (r["accuracy"], r["evaluations"], r["curve"]) for r in summary["records"]}
+
+    serial = records(jobs=1)
+    assert records(ray="local") == serial and len(serial) == 1  # the module's Ray is up: the runs go to it
+    assert "runs as Ray tasks (local)" in (tmp_path / "{'ray': 'local'}" / "results.md").read_text()
+
