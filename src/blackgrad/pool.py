@@ -602,12 +602,14 @@ class _RayWorker(_Worker):
             self.ray.get(self.actor.ping.remote(), timeout=self.start_timeout)
         except Exception as err:
             self.ray.kill(self.actor)
-            hint = (
-                " (the cluster may lack the resources each actor asks for: "
-                f"{self.options or 'one CPU'}; give RayPool actor_options={{'num_cpus': 0.25}} for devices that wait)"
-                if isinstance(err, self.ray.exceptions.GetTimeoutError)
-                else ""
-            )
+            hint = ""
+            if isinstance(err, self.ray.exceptions.GetTimeoutError):
+                free = self.ray.available_resources().get("CPU", 0)
+                hint = (
+                    f" (each actor asks for {self.options or {'num_cpus': 1}} and the cluster has {free:g} CPUs free: "
+                    "use fewer workers or ask for less per actor, e.g. actor_options={'num_cpus': 0.25} for devices "
+                    "that wait rather than compute)"
+                )
             when = f"within {self.start_timeout:g} s" if hint else "(its device's factory failed where the actor runs)"
             raise PoolError(f"{self.ledger.worker} did not start {when}: {_describe(err)}{hint}") from err
 
