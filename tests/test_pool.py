@@ -113,8 +113,10 @@ def test_processes_survive_a_worker_that_dies_mid_request():
         assert dead.last_error.startswith("died (BrokenProcessPool: A process in the process pool was terminated")
         assert "process 0: 4 samples in 2 calls, 1 failed (4 samples)" in str(status) and "DEAD" in str(status)
         assert status.workers[1].samples == 12 and status.samples == 16
-        # the next request starts worker 0 afresh (a new device: its counter starts at zero)
-        assert torch.equal(pool(x), Elementwise()(x))
+        # the next request starts worker 0 afresh (a new device: its counter starts at zero); tensors keep their dtype
+        single = x.float()
+        y = pool(single)
+        assert torch.equal(y, Elementwise()(single)) and y.dtype == torch.float32
         status = pool.status()
         assert status.workers[0].restarts == 1 and status.workers[0].alive
         assert pool.worker_attribute("evaluated") == [4, 16]

@@ -168,7 +168,7 @@ class _TensorData:
 
 def _pack(value: Any) -> Any:
     if isinstance(value, Tensor) and value.dtype not in (torch.bfloat16,) and not value.is_quantized:
-        return _TensorData(value.detach().cpu().numpy())
+        return _TensorData(value.detach().cpu().resolve_conj().resolve_neg().numpy())
     return value
 
 
@@ -215,7 +215,7 @@ def _process_build(blob: bytes) -> int:
 
 
 def _process_evaluate(payload: bytes) -> bytes:
-    # Plain pickle both ways: tensors travel by value, not through torch's shared-memory reductions.
+    # Plain pickle both ways, of tensors packed as arrays: by value, not through torch's shared-memory reductions.
     output = _timed_remote_call(_PROCESS_DEVICE, pickle.loads(payload))
     return pickle.dumps(output, protocol=pickle.HIGHEST_PROTOCOL)
 
