@@ -472,7 +472,9 @@ class DevicePool(_Pool):
 
     Args:
         devices: the devices, one per worker; each called as ``device(x)`` or
-            ``device(x, theta)`` on its share of a batch.  With
+            ``device(x, theta)`` on its share of a batch, one share at a
+            time.  The same object may appear more than once only if it is
+            safe to call from several threads at once.  With
             ``mode="processes"`` each is pickled into its worker process.
         mode: ``"threads"`` — every worker is a thread of this process: for
             devices that wait (instruments, remote devices, sleeps) or release
