@@ -85,3 +85,16 @@ def make_dies_on_second_call() -> DiesOnCall:
 
 def make_broken() -> Elementwise:
     raise OSError("no camera on /dev/video0")
+
+
+class HangsOnCall(Elementwise):
+    """Stops answering for ``seconds`` on its ``hang_on``-th call, as a stuck driver does."""
+
+    def __init__(self, hang_on: int = 1, seconds: float = 30.0, **options) -> None:
+        super().__init__(**options)
+        self.hang_on, self.seconds = hang_on, seconds
+
+    def __call__(self, x, theta=None):
+        if self.calls + 1 == self.hang_on:
+            time.sleep(self.seconds)
+        return super().__call__(x, theta)

@@ -1,6 +1,7 @@
 """Device pools (threads and processes): order, faults, the ledger, and training identical to the local device."""
 
 import functools
+import time
 
 import numpy as np
 import pytest
@@ -12,7 +13,16 @@ from blackgrad.errors import DeviceError, PoolError
 from blackgrad.estimators import SPSA
 from blackgrad.pool import DevicePool
 
-from pool_devices import AlwaysRaises, DiesOnCall, Elementwise, RaisesOnCall, WrongRows, make_broken, make_elementwise
+from pool_devices import (
+    AlwaysRaises,
+    DiesOnCall,
+    Elementwise,
+    HangsOnCall,
+    RaisesOnCall,
+    WrongRows,
+    make_broken,
+    make_elementwise,
+)
 
 
 def batch(rows=10, n=4, dtype=torch.float64):
@@ -163,3 +173,37 @@ def test_processes_every_worker_dying_or_raising_is_a_clear_error():
         assert [w.alive for w in pool.status().workers] == [False, True]
     with pytest.raises(PoolError, match="process 0 did not start: OSError: no camera on /dev/video0"):
         DevicePool(factory=make_broken, workers=1, mode="processes")
+
+
+def test_a_share_past_the_timeout_is_evaluated_elsewhere():
+    # threads: the stuck one cannot be stopped; it sits out until its call returns, and its late answer is dropped
+    stuck = HangsOnCall(hang_on=1, seconds=1.0)
+    pool = DevicePool([Elementwise(), stuck], timeout=0.2)
+    x = batch(6)
+    start = time.perf_counter()
+    assert torch.equal(pool(x), Elementwise()(x))
+    assert time.perf_counter() - start < 0.9  # not waiting for the stuck call
+    worker = pool.status().workers[1]
+    assert (worker.failures, worker.failed_samples, worker.samples, worker.alive) == (1, 3, 0, True)
+    assert worker.last_error == "no answer within the timeout of 0.2 s"
+    assert torch.equal(pool(x), Elementwise()(x))  # while it is still stuck: worker 0 alone
+    assert pool.status().workers[0].samples == 12 and pool.status().workers[1].calls == 1
+    deadline = time.monotonic() + 10
+    while not pool._workers[1].ready() and time.monotonic() < deadline:  # until its call has returned (dropped)
+        time.sleep(0.05)
+    assert torch.equal(pool(x), Elementwise()(x))
+    assert pool.status().workers[1].samples == 3 and stuck.evaluated == 3 + 3  # its own count has the dropped share
+    with pytest.raises(ValueError, match="timeout must be a positive number of seconds or None"):
+        DevicePool([Elementwise()], timeout=0)
+
+
+def test_a_process_past_the_timeout_is_killed_and_replaced():
+    with DevicePool([Elementwise(), HangsOnCall(hang_on=2)], mode="processes", timeout=1.0) as pool:
+        x = batch(6)
+        pool(x)
+        assert torch.equal(pool(x), Elementwise()(x))  # worker 1 hangs on its second call
+        worker = pool.status().workers[1]
+        assert (worker.failures, worker.failed_samples, worker.alive) == (1, 3, False)
+        assert worker.last_error == "killed (no answer within the timeout of 1 s)"
+        assert torch.equal(pool(x), Elementwise()(x))  # a new process in its place
+        assert pool.status().workers[1].restarts == 1 and pool.worker_attribute("evaluated") == [12, 3]

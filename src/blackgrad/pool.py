@@ -13,10 +13,11 @@ order of the batch.
 * :class:`RayPool` runs them as Ray actors, on a local Ray or a cluster
   (the ``blackgrad[ray]`` extra).
 
-Faults.  A worker that raises, returns unusable output, or dies has its share
-retried on the pool's other workers (split between them), and takes no
-further part in that request; a dead process or actor is started afresh at
-the next request.  Only output that came back whole and in shape is used, so
+Faults.  A worker that raises, returns unusable output, dies, or does not
+answer within the pool's ``timeout`` has its share retried on the pool's
+other workers (split between them), and takes no further part in that
+request; a dead (or timed-out, hence killed) process or actor is started
+afresh at the next request.  Only output that came back whole and in shape is used, so
 no sample is lost or returned twice.  Every worker keeps a ledger (samples,
 calls, failures, seconds, last error) read with :meth:`status`.  When every
 worker has failed on a request, :class:`~blackgrad.errors.PoolError` names
@@ -28,10 +29,12 @@ from __future__ import annotations
 import collections
 import concurrent.futures as futures
 import functools
+import math
 import multiprocessing
 import os
 import pickle
 import re
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -129,6 +132,20 @@ class _Worker:
     def died(self, err: BaseException) -> bool:
         """Whether ``err`` means the worker itself is gone (not just that its device raised)."""
         return False
+
+    def abandon(self, future: futures.Future) -> bool:
+        """Give up on a share that ran past the pool's timeout; True if that killed the worker.
+
+        A thread cannot be stopped: it stays out of the pool's requests until
+        its call returns, and what it returns is dropped.
+        """
+        self.busy = future
+        return False
+
+    def ready(self) -> bool:
+        """Whether the worker can take a share (a thread still in an abandoned call cannot)."""
+        busy = getattr(self, "busy", None)
+        return busy is None or busy.done()
 
     def restart(self) -> None:
         raise NotImplementedError
@@ -279,6 +296,13 @@ class _ProcessWorker(_Worker):
     def died(self, err: BaseException) -> bool:
         return isinstance(err, futures.process.BrokenProcessPool)
 
+    def abandon(self, future: futures.Future) -> bool:
+        try:
+            os.kill(self.pid, signal.SIGKILL)  # the process this worker started; the next request starts another
+        except ProcessLookupError:
+            pass
+        return True
+
     def restart(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
         self._start()
@@ -307,8 +331,9 @@ class _Pool:
 
     mode: str
 
-    def __init__(self, workers: list[_Worker], name: str) -> None:
+    def __init__(self, workers: list[_Worker], name: str, timeout: float | None) -> None:
         self._workers = workers
+        self.timeout = timeout
         self.name = name
         self.__name__ = name
         self._requests = 0
@@ -378,12 +403,25 @@ class _Pool:
 
     def _run(self, x: Any, rest: tuple[Any, ...], rows: int) -> dict[int, Any]:
         """Evaluate every row of ``x`` once; returns the outputs keyed by the share's first row."""
-        available = [w for w in self._workers if w.ledger.alive]
+        available = [w for w in self._workers if w.ledger.alive and w.ready()]
         pending = collections.deque(_split(0, rows, max(len(available), 1)))
         idle = collections.deque(available)
         failed: list[tuple[_Worker, str]] = []  # the workers out of this request, and why
-        running: dict[futures.Future, tuple[_Worker, int, int]] = {}
+        running: dict[futures.Future, tuple[_Worker, int, int, float]] = {}  # ... and its deadline
         outputs: dict[int, Any] = {}
+
+        def fail(worker: _Worker, start: int, stop: int, why: str, dead: bool, death: str = "died") -> None:
+            ledger = worker.ledger
+            ledger.failures += 1
+            ledger.failed_samples += stop - start
+            if dead:
+                ledger.alive = False
+                why = f"{death} ({why})"
+            ledger.last_error = why
+            failed.append((worker, why))
+            # the share goes, split, to the workers still in this request: idle or still running
+            pending.extend(_split(start, stop, max(len(idle) + len(running), 1)))
+
         while pending or running:
             while pending and idle:
                 start, stop = pending.popleft()
@@ -395,43 +433,43 @@ class _Pool:
                 except Exception as err:  # e.g. an input that cannot be pickled: the same on every worker
                     future = futures.Future()
                     future.set_exception(err)
-                running[future] = (worker, start, stop)
+                deadline = math.inf if self.timeout is None else time.monotonic() + self.timeout
+                running[future] = (worker, start, stop, deadline)
             if not running:
                 lost = sum(stop - start for start, stop in pending)
                 reasons = dict((w.ledger.worker, why) for w, why in failed)
                 for w in self._workers:
-                    if w not in available:
+                    if w not in available and not w.ledger.alive:
                         reasons[w.ledger.worker] = f"dead and could not be restarted ({w.ledger.last_error})"
+                    elif w not in available:
+                        reasons[w.ledger.worker] = "still in a call abandoned after the timeout"
                 raise PoolError(
                     f"{self.name}: every worker failed on this request, so {lost} of {rows} samples could not be "
                     "evaluated and nothing of it is returned; "
                     + "; ".join(f"{worker}: {why}" for worker, why in reasons.items())
                     + ". The errors are the devices' own, or the worker died (see pool.status())"
                 )
-            done, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
+            first_deadline = min(deadline for *_, deadline in running.values())
+            wait = None if first_deadline == math.inf else max(first_deadline - time.monotonic(), 0.0)
+            done, _ = futures.wait(running, timeout=wait, return_when=futures.FIRST_COMPLETED)
             for future in done:
-                worker, start, stop = running.pop(future)
+                worker, start, stop, _ = running.pop(future)
                 try:
                     output, seconds = future.result()
                     output = _checked(output, stop - start)
                 except Exception as err:
-                    why = _describe(err)
-                    ledger = worker.ledger
-                    ledger.failures += 1
-                    ledger.failed_samples += stop - start
-                    if worker.died(err):
-                        ledger.alive = False
-                        why = f"died ({why})"
-                    ledger.last_error = why
-                    failed.append((worker, why))
-                    # the share goes, split, to the workers still in this request: idle or still running
-                    helpers = len(idle) + len(running)
-                    pending.extend(_split(start, stop, max(helpers, 1)))
+                    fail(worker, start, stop, _describe(err), worker.died(err))
                     continue
                 worker.ledger.samples += stop - start
                 worker.ledger.seconds += seconds
                 outputs[start] = output
                 idle.append(worker)
+            now = time.monotonic()
+            for future in [f for f, (*_, deadline) in running.items() if deadline <= now]:
+                worker, start, stop, _ = running.pop(future)
+                # its late answer, if any, is never used: the share is evaluated elsewhere
+                why = f"no answer within the timeout of {self.timeout:g} s"
+                fail(worker, start, stop, why, worker.abandon(future), death="killed")
         return outputs
 
 
@@ -454,6 +492,11 @@ def _checked(output: Any, rows: int) -> Any:
     if got != rows:
         raise ValueError(f"returned {got if got is not None else 'a scalar'} rows for a share of {rows} samples")
     return output
+
+
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0):
+        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
 
 
 def _copy(ledger: WorkerLedger) -> WorkerLedger:
@@ -496,6 +539,11 @@ class DevicePool(_Pool):
             process whose torch has started its threads.
         start_timeout: seconds a worker process may take to start and build
             its device before the pool gives up with an error.
+        timeout: seconds a share may take (None: no limit).  A share not back
+            in time is a failed share, evaluated elsewhere; its worker process
+            is killed (and started afresh at the next request), while a thread
+            — which cannot be stopped — sits out the requests until its call
+            returns, and what it returns is dropped.
 
     ``pool(x, *rest)`` splits ``x`` along its first dimension into one
     contiguous share per worker, evaluates the shares at once and returns the
@@ -523,7 +571,9 @@ class DevicePool(_Pool):
         name: str | None = None,
         start_method: str | None = None,
         start_timeout: float = 120.0,
+        timeout: float | None = None,
     ) -> None:
+        _check_timeout(timeout)
         if mode not in ("threads", "processes"):
             raise ValueError(f"DevicePool mode must be 'threads' or 'processes', got {mode!r}; for Ray actors use RayPool")
         if (devices is None) == (factory is None):
@@ -584,7 +634,7 @@ class DevicePool(_Pool):
                     worker.close()
                 raise
             self._executor = None
-        super().__init__(pool_workers, name)
+        super().__init__(pool_workers, name, timeout)
 
     def close(self) -> None:
         super().close()
@@ -620,6 +670,10 @@ class _RayWorker(_Worker):
 
     def died(self, err: BaseException) -> bool:
         return isinstance(err, self.ray.exceptions.RayActorError)
+
+    def abandon(self, future: futures.Future) -> bool:
+        self.close()
+        return True
 
     def restart(self) -> None:
         self.actor = self.actor_class.options(**self.options).remote(self.factory)
@@ -679,6 +733,9 @@ class RayPool(_Pool):
         name: how errors, reports and ``BlackBox`` name the pool.
         start_timeout: seconds each actor may take to start (including
             waiting for resources) before the pool gives up with an error.
+        timeout: seconds a share may take (None: no limit); an actor that
+            does not answer in time is killed, its share evaluated elsewhere,
+            and a new actor replaces it at the next request.
 
     Evaluation, faults and the ledger are as for :class:`DevicePool`; an
     actor that dies (``ray.kill``, a crashed node) has its share retried on
@@ -696,7 +753,9 @@ class RayPool(_Pool):
         actor_options: dict[str, Any] | None = None,
         name: str | None = None,
         start_timeout: float = 120.0,
+        timeout: float | None = None,
     ) -> None:
+        _check_timeout(timeout)
         try:
             import ray
         except ImportError as err:
@@ -723,7 +782,7 @@ class RayPool(_Pool):
             if self._owns_ray:
                 ray.shutdown()
             raise
-        super().__init__(pool_workers, name or f"RayPool({_device_name(factory)} x {workers})")
+        super().__init__(pool_workers, name or f"RayPool({_device_name(factory)} x {workers})", timeout)
 
     @property
     def actors(self) -> list[Any]:
