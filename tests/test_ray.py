@@ -63,6 +63,11 @@ def test_an_actor_killed_mid_request_has_its_share_retried(local_ray):
         status = pool.status()
         assert status.workers[0].restarts == 1 and status.workers[0].alive and status.samples == 16
         assert pool.worker_attribute("evaluated") == [4, 12]
+        # with a timeout shorter than a share (0.4 s), both actors are killed and the request fails, naming them
+        pool.timeout = 0.2
+        with pytest.raises(PoolError, match=r"ray actor 0: killed \(no answer within the timeout of 0.2 s\); ray actor 1: killed"):
+            pool(x)
+        assert [w.alive for w in pool.status().workers] == [False, False]
 
 
 def test_actors_that_cannot_start_are_a_clear_error(local_ray):
