@@ -12,7 +12,7 @@ def python_blocks(path: Path) -> str:
     return "\n".join(re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S))
 
 
-@pytest.mark.parametrize("name", ["README.md", "docs/own-device.md", "docs/recording.md"])
+@pytest.mark.parametrize("name", ["README.md", "docs/own-device.md", "docs/recording.md", "docs/pools.md"])
 def test_examples_run(name, capsys):
     code = python_blocks(ROOT / name)
     assert code.strip(), f"{name} has no python example"
@@ -27,3 +27,12 @@ def test_own_device_example_learns():
     physical, loss = namespace["physical"], namespace["loss"]
     assert loss.item() < 0.6  # the sign of a product: chance level is an MSE near 1
     assert physical.calls.probe == 100 * 2 * 4 * 512 and physical.calls.forward == 100 * 512
+
+
+def test_pools_example_counts_every_sample_once():
+    namespace = {"__name__": "__doc_example__"}
+    exec(compile(python_blocks(ROOT / "docs/pools.md"), "pools", "exec"), namespace)
+    layer, pool = namespace["layer"], namespace["pool"]
+    assert (layer.calls.forward, layer.calls.probe) == (64, 2 * 64)
+    assert pool.status().samples == layer.calls.total and [w.samples for w in pool.status().workers] == [48] * 4
+    assert namespace["shg"].calls.forward == namespace["simulators"].status().samples == 32

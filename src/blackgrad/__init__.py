@@ -15,6 +15,7 @@ from .errors import (
     GradientShapeError,
     InputShapeError,
     NoGradientError,
+    PoolError,
 )
 from .function import gradiator, no_grad
 from .module import BlackBox
@@ -45,4 +46,5 @@ __all__ = [
     "GradientShapeError",
     "InputShapeError",
     "NoGradientError",
+    "PoolError",
 ]

@@ -117,6 +117,9 @@ def bench(
     methods: Optional[str] = typer.Option(None, help="comma-separated method names (default: the section's list for each task)"),
     seeds: Optional[int] = typer.Option(None, help="number of seeds 0, 1, ... (default 3, 1 in the defaults section; 1 with --quick)"),
     jobs: Optional[int] = typer.Option(None, help="runs trained at once, one process and one torch thread each (default: one per core)"),
+    ray: Optional[str] = typer.Option(
+        None, help="run the runs as Ray tasks: 'local' (a local Ray of --jobs CPUs) or a cluster's address (needs blackgrad[ray])"
+    ),
 ) -> None:
     """Compare gradient estimators side by side on simulated physical devices.
 
@@ -146,8 +149,8 @@ def bench(
     folder = _run_folder("bench", out)
     try:
         with _one_line_warnings():
-            summary = run_benchmark(folder, jobs=jobs, **settings)
-    except RecordsError as err:
+            summary = run_benchmark(folder, jobs=jobs, ray=ray, **settings)
+    except (RecordsError, ValueError) as err:
         _fail(str(err))
     except BenchmarkInterrupted as err:
         _fail(str(err), 130)

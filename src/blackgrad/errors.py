@@ -24,6 +24,10 @@ class DeviceTimeout(DeviceError, TimeoutError):
     """
 
 
+class PoolError(DeviceError):
+    """Every worker of a device pool failed on a request, or a pool could not start its workers."""
+
+
 class DeviceOutputError(BlackGradError):
     """The black box returned something unusable: wrong shape, type, NaN or Inf."""
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import multiprocessing
+import os
 import platform
 import signal
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -112,6 +113,7 @@ def run_benchmark(
     threads: int | None = 1,
     jobs: int = 1,
     section: str = "main",
+    ray: str | None = None,
 ) -> dict[str, Any]:
     """Run every (task, method, seed) not yet recorded in ``out``, write tables and figures; return the summary.
 
@@ -139,6 +141,12 @@ def run_benchmark(
     two configurations averaged into one table row would be a wrong answer.
     The tables cover every record in the folder (:func:`rebuild` writes the
     same from the records alone).
+
+    ``ray``: run every run as a Ray task (one CPU each) instead: ``"local"``
+    starts a local Ray of ``jobs`` CPUs, anything else is the address of a
+    cluster to join (whose nodes must have blackgrad installed); a Ray
+    already initialised in this process is used as it is.  The records are
+    those of ``jobs=1``.
     """
     runs = plan(quick, task_names, method_names, seeds, section)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
@@ -161,10 +169,12 @@ def run_benchmark(
             "workers": workers,
             "torch": torch.__version__,
             "machine": platform.machine(),
+            **({} if ray is None else {"ray": ray}),  # run as Ray tasks, local or on a cluster
         }
         bar = tqdm(total=len(runs), initial=len(runs) - len(todo), disable=not progress, desc="benchmark")
         try:
-            for record in _execute(todo, quick, threads, jobs):
+            executed = _execute(todo, quick, threads, jobs) if ray is None else _execute_on_ray(todo, quick, threads, jobs, ray)
+            for record in executed:
                 record["config"] = run_config(table[record["task"]], METHODS[record["method"]], quick)
                 record["environment"] = environment
                 log.append(record)
@@ -321,7 +331,7 @@ def _header(found: list[dict[str, Any]]) -> str:
     if values("torch"):
         text += (
             f", torch {joined('torch')}, {joined('machine')}, {joined('threads')} torch thread(s) per run, "
-            f"{joined('workers')} run(s) at once"
+            + (f"runs as Ray tasks ({joined('ray')})" if values("ray") else f"{joined('workers')} run(s) at once")
         )
     return text + "."
 
@@ -360,6 +370,42 @@ def _execute(runs: list[tuple[str, str, int]], quick: bool, threads: int | None,
 
 def _ignore_interrupts() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _execute_on_ray(
+    runs: list[tuple[str, str, int]], quick: bool, threads: int | None, jobs: int, address: str
+) -> Iterator[dict[str, Any]]:
+    """Yield the record of each planned run as it finishes, each trained in a Ray task."""
+    try:
+        import ray
+    except ImportError as err:
+        raise ValueError("--ray needs Ray: pip install 'blackgrad[ray]'") from err
+    started = not ray.is_initialized()
+    if started and address == "local":
+        # the workers import the blackgrad this process runs, wherever it lies
+        source = str(Path(__file__).resolve().parents[2])
+        path = os.pathsep.join(p for p in (source, os.environ.get("PYTHONPATH", "")) if p)
+        ray.init(num_cpus=jobs, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    elif started:
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except Exception as err:
+            raise ValueError(
+                f"--ray {address}: could not join a Ray cluster there ({type(err).__name__}: {err}); check the "
+                "address (`ray status` on the head node shows it) and that this machine can reach it, or use --ray local"
+            ) from err
+    pending = []
+    try:
+        train = ray.remote(num_cpus=1)(_run_planned)
+        pending = [train.remote(*run, quick, threads if threads is not None else 1) for run in runs]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            yield ray.get(done[0])
+    finally:
+        for ref in pending:  # interrupted or failed: stop what has not run
+            ray.cancel(ref)
+        if started:
+            ray.shutdown()
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,0 +1,796 @@
+"""Device pools: one evaluation request spread over several identical devices.
+
+A pool is itself a device — ``pool(x)`` or ``pool(x, theta)`` — so it goes
+wherever a device does: ``BlackBox(DevicePool([...]))``.  Each call (a
+forward batch, or the probes of a backward pass that the prober packs into
+one call) is cut into contiguous shares, one per worker; the workers evaluate
+their shares at the same time and the pool puts the results back in the
+order of the batch.
+
+* :class:`DevicePool` runs its workers in threads (devices that wait — an
+  instrument, a remote device, code that releases the GIL) or in processes
+  (CPU-bound Python simulators; each process builds its own device).
+* :class:`RayPool` runs them as Ray actors, on a local Ray or a cluster
+  (the ``blackgrad[ray]`` extra).
+
+Faults.  A worker that raises, returns unusable output, dies, or does not
+answer within the pool's ``timeout`` has its share retried on the pool's
+other workers (split between them), and takes no further part in that
+request; a dead (or timed-out, hence killed) process or actor is started
+afresh at the next request.  Only output that came back whole and in shape is used, so
+no sample is lost or returned twice.  Every worker keeps a ledger (samples,
+calls, failures, seconds, last error) read with :meth:`status`.  When every
+worker has failed on a request, :class:`~blackgrad.errors.PoolError` names
+each of them with its error, and nothing of the request is returned.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as futures
+import functools
+import math
+import multiprocessing
+import os
+import pickle
+import re
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from torch import Tensor
+import torch
+
+from .errors import PoolError
+
+__all__ = ["DevicePool", "RayPool", "PoolStatus", "WorkerLedger"]
+
+
+@dataclass
+class WorkerLedger:
+    """What one worker of a pool did.
+
+    Attributes:
+        worker: how the pool names it (``"thread 2"``, ``"process 0"``, ``"ray actor 1"``).
+        samples: samples it evaluated and returned usable output for.
+        calls: shares sent to it.
+        failures: shares on which it raised, returned unusable output, or died.
+        failed_samples: samples in those shares (each retried elsewhere).
+        seconds: wall time of its successful calls, measured where it runs.
+        restarts: times its process or actor died and was started afresh.
+        alive: False while its process or actor is dead (until the next request restarts it).
+        last_error: the latest failure, as ``"Type: message"``.
+    """
+
+    worker: str
+    samples: int = 0
+    calls: int = 0
+    failures: int = 0
+    failed_samples: int = 0
+    seconds: float = 0.0
+    restarts: int = 0
+    alive: bool = True
+    last_error: str | None = None
+
+
+@dataclass
+class PoolStatus:
+    """A pool's ledger: one :class:`WorkerLedger` per worker and the totals.
+
+    ``samples`` counts the samples evaluated successfully, each once, by
+    one worker — the samples the pool returned, plus, in a request that
+    failed as a whole, its shares that had succeeded; ``failed_samples``
+    counts the samples of shares that failed (and were retried elsewhere).
+    """
+
+    name: str
+    requests: int
+    workers: list[WorkerLedger] = field(default_factory=list)
+
+    @property
+    def samples(self) -> int:
+        return sum(w.samples for w in self.workers)
+
+    @property
+    def calls(self) -> int:
+        return sum(w.calls for w in self.workers)
+
+    @property
+    def failures(self) -> int:
+        return sum(w.failures for w in self.workers)
+
+    @property
+    def failed_samples(self) -> int:
+        return sum(w.failed_samples for w in self.workers)
+
+    def __str__(self) -> str:
+        lines = [f"{self.name}: {self.requests} requests, {self.samples} samples, {self.failures} failed shares"]
+        for w in self.workers:
+            state = "" if w.alive else "  DEAD"
+            error = f"  last error: {w.last_error}" if w.last_error else ""
+            lines.append(
+                f"  {w.worker}: {w.samples} samples in {w.calls} calls, {w.failures} failed "
+                f"({w.failed_samples} samples), {w.seconds:.3g} s, {w.restarts} restarts{state}{error}"
+            )
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------- workers
+class _Worker:
+    """One slot of a pool: runs a share and says whether a failure killed it."""
+
+    def __init__(self, label: str) -> None:
+        self.ledger = WorkerLedger(label)
+
+    def submit(self, args: tuple[Any, ...]) -> futures.Future:
+        """Start evaluating ``args``; the future gives ``(output, seconds)``."""
+        raise NotImplementedError
+
+    def died(self, err: BaseException) -> bool:
+        """Whether ``err`` means the worker itself is gone (not just that its device raised)."""
+        return False
+
+    def abandon(self, future: futures.Future) -> bool:
+        """Give up on a share that ran past the pool's timeout; True if that killed the worker.
+
+        A thread cannot be stopped: it stays out of the pool's requests until
+        its call returns, and what it returns is dropped.
+        """
+        self.busy = future
+        return False
+
+    def ready(self) -> bool:
+        """Whether the worker can take a share (a thread still in an abandoned call cannot)."""
+        busy = getattr(self, "busy", None)
+        return busy is None or busy.done()
+
+    def restart(self) -> None:
+        raise NotImplementedError
+
+    def attribute(self, name: str) -> Any:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+def _timed_call(device: Callable[..., Any], args: tuple[Any, ...]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    output = device(*args)
+    return output, time.perf_counter() - start
+
+
+class _TensorData:
+    """A CPU tensor travelling to or from another process as a numpy array.
+
+    Pickling a tensor goes through ``torch.save`` (slow, and Ray copies it);
+    a numpy array travels as raw bytes, zero-copy in Ray.  The receiver gets a
+    tensor of the same dtype and shape back, on the CPU.
+    """
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def __getstate__(self) -> np.ndarray:
+        return self.array
+
+    def __setstate__(self, array: np.ndarray) -> None:
+        self.array = array
+
+
+def _pack(value: Any) -> Any:
+    if isinstance(value, Tensor) and value.dtype not in (torch.bfloat16,) and not value.is_quantized:
+        return _TensorData(value.detach().cpu().resolve_conj().resolve_neg().numpy())
+    return value
+
+
+def _unpack(value: Any) -> Any:
+    if isinstance(value, _TensorData):
+        array = value.array if value.array.flags.writeable else value.array.copy()  # Ray hands out read-only views
+        return torch.from_numpy(array)
+    return value
+
+
+def _timed_remote_call(device: Callable[..., Any], args: tuple[Any, ...]) -> tuple[Any, float]:
+    """:func:`_timed_call` where the worker runs, with tensors packed both ways."""
+    output, seconds = _timed_call(device, tuple(_unpack(a) for a in args))
+    return _pack(output), seconds
+
+
+class _ThreadWorker(_Worker):
+    def __init__(self, label: str, device: Callable[..., Any], executor: futures.ThreadPoolExecutor) -> None:
+        super().__init__(label)
+        self.device = device
+        self.executor = executor
+
+    def submit(self, args: tuple[Any, ...]) -> futures.Future:
+        return self.executor.submit(_timed_call, self.device, args)
+
+    def attribute(self, name: str) -> Any:
+        return getattr(self.device, name)
+
+
+# In a worker process: the device it built, and the functions the parent submits.
+_PROCESS_DEVICE: Any = None
+
+
+def _process_init() -> None:
+    torch.set_num_threads(1)  # k workers on a machine: one torch thread each, as the bench runner does
+
+
+def _process_build(blob: bytes) -> int:
+    """The first task of a worker process: build its device (a task, so that its error comes back whole)."""
+    global _PROCESS_DEVICE
+    kind, obj = pickle.loads(blob)
+    _PROCESS_DEVICE = obj() if kind == "factory" else obj
+    return os.getpid()
+
+
+def _process_evaluate(payload: bytes) -> bytes:
+    # Plain pickle both ways, of tensors packed as arrays: by value, not through torch's shared-memory reductions.
+    output = _timed_remote_call(_PROCESS_DEVICE, pickle.loads(payload))
+    return pickle.dumps(output, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _process_attribute(name: str) -> Any:
+    return getattr(_PROCESS_DEVICE, name)
+
+
+class _Then(futures.Future):
+    """The future of ``convert(result)`` for another future's result; its exception passes through."""
+
+    def __init__(self, inner: futures.Future, convert: Callable[[Any], Any]) -> None:
+        super().__init__()
+        self._convert = convert
+        inner.add_done_callback(self._finish)
+
+    def _finish(self, inner: futures.Future) -> None:
+        err = inner.exception()
+        if err is not None:
+            self.set_exception(err)
+            return
+        try:
+            self.set_result(self._convert(inner.result()))
+        except Exception as failure:
+            self.set_exception(failure)
+
+
+def _received(result: tuple[Any, float]) -> tuple[Any, float]:
+    output, seconds = result
+    return _unpack(output), seconds
+
+
+class _ProcessWorker(_Worker):
+    def __init__(self, label: str, blob: bytes, context: Any, start_timeout: float) -> None:
+        super().__init__(label)
+        self.blob, self.context, self.start_timeout = blob, context, start_timeout
+        self._start()
+
+    def _start(self) -> None:
+        """Start the process; :meth:`wait_started` waits for it (so that k processes start at once)."""
+        self.executor = futures.ProcessPoolExecutor(
+            max_workers=1, mp_context=self.context, initializer=_process_init
+        )
+        self._ping = self.executor.submit(_process_build, self.blob)
+
+    def wait_started(self) -> None:
+        try:
+            self.pid = self._ping.result(timeout=self.start_timeout)
+        except Exception as err:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            raise PoolError(
+                f"{self.ledger.worker} did not start: {_describe(err)}. The device or factory is built in the "
+                "worker process: it must be importable there (a module-level function or class, not a lambda "
+                "or a function defined in an interactive session) and must not fail when called"
+            ) from err
+
+    def submit(self, args: tuple[Any, ...]) -> futures.Future:
+        payload = pickle.dumps(tuple(_pack(a) for a in args), protocol=pickle.HIGHEST_PROTOCOL)
+        return _Then(self.executor.submit(_process_evaluate, payload), lambda blob: _received(pickle.loads(blob)))
+
+    def died(self, err: BaseException) -> bool:
+        return isinstance(err, futures.process.BrokenProcessPool)
+
+    def abandon(self, future: futures.Future) -> bool:
+        try:
+            os.kill(self.pid, signal.SIGKILL)  # the process this worker started; the next request starts another
+        except ProcessLookupError:
+            pass
+        return True
+
+    def restart(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self._start()
+        self.wait_started()
+
+    def attribute(self, name: str) -> Any:
+        return self.executor.submit(_process_attribute, name).result()
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _describe(err: BaseException) -> str:
+    cause = getattr(err, "cause", None)  # a Ray task error carries the device's own exception
+    if isinstance(cause, BaseException):
+        err = cause
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(err)).splitlines() if line.strip()]
+    if len(lines) > 1:  # a remote traceback: its first line says where, its last line what
+        lines = [lines[0], "...", lines[-1]]
+    return f"{type(err).__name__}: {' '.join(lines)}".rstrip(": .")
+
+
+# ------------------------------------------------------------- scheduling
+class _Pool:
+    """The scheduling, fault handling and ledger that every pool shares."""
+
+    mode: str
+
+    def __init__(self, workers: list[_Worker], name: str, timeout: float | None) -> None:
+        self._workers = workers
+        self.timeout = timeout
+        self.name = name
+        self.__name__ = name
+        self._requests = 0
+        self._lock = threading.Lock()  # one request at a time: each worker runs one share at a time
+        self._closed = False
+
+    def __call__(self, x: Any, *rest: Any) -> Any:
+        """Evaluate the batch ``x`` (and the shared ``rest``, e.g. θ) across the workers, in order."""
+        if self._closed:
+            raise PoolError(f"{self.name} is closed; make a new pool")
+        if isinstance(x, Tensor) and self.mode != "threads":
+            x = x.detach()  # leaves another process by value; a graph cannot follow it
+            rest = tuple(r.detach() if isinstance(r, Tensor) else r for r in rest)
+        rows = len(x)
+        with self._lock:
+            self._requests += 1
+            for worker in self._workers:
+                if not worker.ledger.alive:
+                    self._restart(worker)
+            outputs = self._run(x, rest, rows)
+        pieces = [outputs[start] for start in sorted(outputs)]
+        if len(pieces) == 1:
+            return pieces[0]
+        if all(isinstance(p, Tensor) for p in pieces):
+            return torch.cat(pieces)
+        return np.concatenate([np.asarray(p) for p in pieces])
+
+    def status(self) -> PoolStatus:
+        """The pool's ledger: per worker samples, calls, failures, seconds, restarts, last error."""
+        return PoolStatus(self.name, self._requests, [_copy(w.ledger) for w in self._workers])
+
+    def worker_attribute(self, name: str) -> list[Any]:
+        """The attribute ``name`` of every worker's device (e.g. its own evaluation counter), in worker order.
+
+        ``None`` for a worker whose process or actor is dead (its device went with it).
+        """
+        return [worker.attribute(name) if worker.ledger.alive else None for worker in self._workers]
+
+    def close(self) -> None:
+        """Stop the workers (processes, actors); the pool cannot be used afterwards."""
+        if not self._closed:
+            self._closed = True
+            for worker in self._workers:
+                worker.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return len(self._workers)
+
+    def __repr__(self) -> str:
+        return self.name
+
+    # ---------------------------------------------------------- internal
+    def _restart(self, worker: _Worker) -> None:
+        try:
+            worker.restart()
+        except Exception as err:  # it stays dead for this request; the others carry on
+            worker.ledger.last_error = _describe(err)
+            return
+        worker.ledger.alive = True
+        worker.ledger.restarts += 1
+
+    def _run(self, x: Any, rest: tuple[Any, ...], rows: int) -> dict[int, Any]:
+        """Evaluate every row of ``x`` once; returns the outputs keyed by the share's first row."""
+        available = [w for w in self._workers if w.ledger.alive and w.ready()]
+        pending = collections.deque(_split(0, rows, max(len(available), 1)))
+        idle = collections.deque(available)
+        failed: list[tuple[_Worker, str]] = []  # the workers out of this request, and why
+        running: dict[futures.Future, tuple[_Worker, int, int, float]] = {}  # ... and its deadline
+        outputs: dict[int, Any] = {}
+
+        def fail(worker: _Worker, start: int, stop: int, why: str, dead: bool, death: str = "died") -> None:
+            ledger = worker.ledger
+            ledger.failures += 1
+            ledger.failed_samples += stop - start
+            if dead:
+                ledger.alive = False
+                why = f"{death} ({why})"
+            ledger.last_error = why
+            failed.append((worker, why))
+            # the share goes, split, to the workers still in this request: idle or still running
+            pending.extend(_split(start, stop, max(len(idle) + len(running), 1)))
+
+        while pending or running:
+            while pending and idle:
+                start, stop = pending.popleft()
+                worker = idle.popleft()
+                worker.ledger.calls += 1
+                share = x[start:stop]
+                try:
+                    future = worker.submit((share,) + rest)
+                except Exception as err:  # e.g. an input that cannot be pickled: the same on every worker
+                    future = futures.Future()
+                    future.set_exception(err)
+                deadline = math.inf if self.timeout is None else time.monotonic() + self.timeout
+                running[future] = (worker, start, stop, deadline)
+            if not running:
+                lost = sum(stop - start for start, stop in pending)
+                reasons = dict((w.ledger.worker, why) for w, why in failed)
+                for w in self._workers:
+                    if w not in available and not w.ledger.alive:
+                        reasons[w.ledger.worker] = f"dead and could not be restarted ({w.ledger.last_error})"
+                    elif w not in available:
+                        reasons[w.ledger.worker] = "still in a call abandoned after the timeout"
+                raise PoolError(
+                    f"{self.name}: every worker failed on this request, so {lost} of {rows} samples could not be "
+                    "evaluated and nothing of it is returned; "
+                    + "; ".join(f"{worker}: {why}" for worker, why in reasons.items())
+                    + ". The errors are the devices' own, or the worker died (see pool.status())"
+                )
+            first_deadline = min(deadline for *_, deadline in running.values())
+            wait = None if first_deadline == math.inf else max(first_deadline - time.monotonic(), 0.0)
+            done, _ = futures.wait(running, timeout=wait, return_when=futures.FIRST_COMPLETED)
+            for future in done:
+                worker, start, stop, _ = running.pop(future)
+                try:
+                    output, seconds = future.result()
+                    output = _checked(output, stop - start)
+                except Exception as err:
+                    fail(worker, start, stop, _describe(err), worker.died(err))
+                    continue
+                worker.ledger.samples += stop - start
+                worker.ledger.seconds += seconds
+                outputs[start] = output
+                idle.append(worker)
+            now = time.monotonic()
+            for future in [f for f, (*_, deadline) in running.items() if deadline <= now]:
+                worker, start, stop, _ = running.pop(future)
+                # its late answer, if any, is never used: the share is evaluated elsewhere
+                why = f"no answer within the timeout of {self.timeout:g} s"
+                fail(worker, start, stop, why, worker.abandon(future), death="killed")
+        return outputs
+
+
+def _split(start: int, stop: int, parts: int) -> list[tuple[int, int]]:
+    """Rows ``start:stop`` in ``parts`` contiguous shares whose sizes differ by at most one (no empty shares)."""
+    n = stop - start
+    if n == 0:
+        return [(start, stop)]  # an empty batch still goes to one worker, whose device answers its shape
+    parts = min(parts, n)
+    bounds = [start + (n * i) // parts for i in range(parts + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _checked(output: Any, rows: int) -> Any:
+    if isinstance(output, Tensor):
+        got = output.shape[0] if output.dim() > 0 else None
+    else:
+        shape = np.shape(output)
+        got = shape[0] if shape else None
+    if got != rows:
+        raise ValueError(f"returned {got if got is not None else 'a scalar'} rows for a share of {rows} samples")
+    return output
+
+
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0):
+        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+
+
+def _copy(ledger: WorkerLedger) -> WorkerLedger:
+    return WorkerLedger(**vars(ledger))
+
+
+def _device_name(device: Any) -> str:
+    if isinstance(device, functools.partial):  # a factory: name what it builds
+        device = device.func
+    return getattr(device, "name", None) or getattr(device, "__name__", None) or type(device).__name__
+
+
+# ---------------------------------------------------------------- the pools
+class DevicePool(_Pool):
+    """Several identical devices, or simulator instances, seen as one device.
+
+    Args:
+        devices: the devices, one per worker; each called as ``device(x)`` or
+            ``device(x, theta)`` on its share of a batch, one share at a
+            time.  The same object may appear more than once only if it is
+            safe to call from several threads at once.  With
+            ``mode="processes"`` each is pickled into its worker process.
+        mode: ``"threads"`` — every worker is a thread of this process: for
+            devices that wait (instruments, remote devices, sleeps) or release
+            the GIL; ``"processes"`` — every worker is its own process, which
+            builds or receives its device once: for CPU-bound Python
+            simulators.
+        factory: instead of ``devices``, a function of no arguments that
+            builds one device; called ``workers`` times (in each worker
+            process with ``mode="processes"``, so the device never has to be
+            pickled — only the factory, which must therefore be importable:
+            a module-level function or class, or a ``functools.partial`` of
+            one).
+        workers: the number of workers built with ``factory``.
+        name: how errors, reports and ``BlackBox`` name the pool.
+        start_method: how processes start (``"forkserver"``, ``"spawn"`` or
+            ``"fork"``).  The default, ``"forkserver"`` where the platform
+            has it (else ``"spawn"``), is safe with threads and torch and
+            imports torch once for all workers; ``"fork"`` is not safe in a
+            process whose torch has started its threads.
+        start_timeout: seconds a worker process may take to start and build
+            its device before the pool gives up with an error.
+        timeout: seconds a share may take (None: no limit).  A share not back
+            in time is a failed share, evaluated elsewhere; its worker process
+            is killed (and started afresh at the next request), while a thread
+            — which cannot be stopped — sits out the requests until its call
+            returns, and what it returns is dropped.
+
+    ``pool(x, *rest)`` splits ``x`` along its first dimension into one
+    contiguous share per worker, evaluates the shares at once and returns the
+    outputs concatenated in order (a tensor if every worker returned one, a
+    numpy array otherwise); ``rest`` (θ) goes to every worker whole.  With
+    processes, tensors are detached on the way (no autograd graph crosses a
+    process), so :class:`~blackgrad.estimators.Exact` needs ``mode="threads"``.
+    Faults: see the module docstring; read the ledger with :meth:`status`.
+    Close the pool (or use it as a context manager) to stop its processes.
+
+    Example::
+
+        pool = DevicePool(factory=make_simulator, workers=8, mode="processes")
+        layer = BlackBox(pool, SPSA(directions=4))   # each batch: 8 shares at once
+        print(pool.status())                         # per-worker samples, calls, failures
+    """
+
+    def __init__(
+        self,
+        devices: Sequence[Callable[..., Any]] | None = None,
+        mode: str = "threads",
+        *,
+        factory: Callable[[], Callable[..., Any]] | None = None,
+        workers: int | None = None,
+        name: str | None = None,
+        start_method: str | None = None,
+        start_timeout: float = 120.0,
+        timeout: float | None = None,
+    ) -> None:
+        _check_timeout(timeout)
+        if mode not in ("threads", "processes"):
+            raise ValueError(f"DevicePool mode must be 'threads' or 'processes', got {mode!r}; for Ray actors use RayPool")
+        if (devices is None) == (factory is None):
+            raise TypeError("DevicePool needs either devices=[...] (one per worker) or factory=... with workers=k, not both")
+        if factory is not None:
+            if not callable(factory):
+                raise TypeError(f"factory must be callable (it builds one device), got {type(factory).__name__}")
+            if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+                raise ValueError(f"DevicePool(factory=...) needs workers, a positive int; got {workers!r}")
+        else:
+            if workers is not None:
+                raise TypeError("workers goes with factory=...; with devices=[...] there is one worker per device")
+            if isinstance(devices, (str, bytes)) or not isinstance(devices, Sequence) or callable(devices):
+                raise TypeError(
+                    f"devices must be a list of devices, one per worker, got {type(devices).__name__}; "
+                    "for k copies of one simulator use factory=make_device, workers=k"
+                )
+            if len(devices) == 0:
+                raise ValueError("DevicePool needs at least one device")
+            for i, device in enumerate(devices):
+                if not callable(device):
+                    raise TypeError(f"devices[{i}] is not callable: got {type(device).__name__}")
+        self.mode = mode
+        count = workers if factory is not None else len(devices)
+        shown = _device_name(factory if factory is not None else devices[0])
+        name = name or f"DevicePool({shown} x {count}, {mode})"
+        if mode == "threads":
+            built = [factory() for _ in range(count)] if factory is not None else list(devices)
+            self._executor = futures.ThreadPoolExecutor(max_workers=count, thread_name_prefix="blackgrad-pool")
+            pool_workers: list[_Worker] = [_ThreadWorker(f"thread {i}", d, self._executor) for i, d in enumerate(built)]
+        else:
+            blobs = []
+            for i in range(count):
+                item = ("factory", factory) if factory is not None else ("device", devices[i])
+                try:
+                    blobs.append(pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL))
+                except Exception as err:
+                    what = "factory" if factory is not None else f"devices[{i}]"
+                    raise TypeError(
+                        f"DevicePool(mode='processes'): {what} cannot be sent to a worker process "
+                        f"({type(err).__name__}: {err}); give factory= a module-level function that builds "
+                        "the device in the worker (a lambda or a local function cannot be pickled)"
+                    ) from err
+            if start_method is None:
+                start_method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+            context = multiprocessing.get_context(start_method)
+            if start_method == "forkserver":
+                # the server imports torch and blackgrad once; every worker is a fork of it
+                context.set_forkserver_preload(["blackgrad.pool"])
+            pool_workers = []
+            try:
+                for i, blob in enumerate(blobs):
+                    pool_workers.append(_ProcessWorker(f"process {i}", blob, context, start_timeout))
+                for worker in pool_workers:
+                    worker.wait_started()
+            except BaseException:
+                for worker in pool_workers:
+                    worker.close()
+                raise
+            self._executor = None
+        super().__init__(pool_workers, name, timeout)
+
+    def close(self) -> None:
+        super().close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+
+class _RayWorker(_Worker):
+    def __init__(self, label: str, ray: Any, actor_class: Any, factory: Any, options: dict, start_timeout: float) -> None:
+        super().__init__(label)
+        self.ray, self.actor_class, self.factory = ray, actor_class, factory
+        self.options, self.start_timeout = options, start_timeout
+        self.actor = self.actor_class.options(**self.options).remote(self.factory)
+
+    def wait_started(self) -> None:
+        try:
+            self.ray.get(self.actor.ping.remote(), timeout=self.start_timeout)
+        except Exception as err:
+            self.ray.kill(self.actor)
+            hint = ""
+            if isinstance(err, self.ray.exceptions.GetTimeoutError):
+                free = self.ray.available_resources().get("CPU", 0)
+                hint = (
+                    f" (each actor asks for {self.options or {'num_cpus': 1}} and the cluster has {free:g} CPUs free: "
+                    "use fewer workers or ask for less per actor, e.g. actor_options={'num_cpus': 0.25} for devices "
+                    "that wait rather than compute)"
+                )
+            when = f"within {self.start_timeout:g} s" if hint else "(its device's factory failed where the actor runs)"
+            raise PoolError(f"{self.ledger.worker} did not start {when}: {_describe(err)}{hint}") from err
+
+    def submit(self, args: tuple[Any, ...]) -> futures.Future:
+        return _Then(self.actor.evaluate.remote(*(_pack(a) for a in args)).future(), _received)
+
+    def died(self, err: BaseException) -> bool:
+        return isinstance(err, self.ray.exceptions.RayActorError)
+
+    def abandon(self, future: futures.Future) -> bool:
+        self.close()
+        return True
+
+    def restart(self) -> None:
+        self.actor = self.actor_class.options(**self.options).remote(self.factory)
+        self.wait_started()
+
+    def attribute(self, name: str) -> Any:
+        return self.ray.get(self.actor.attribute.remote(name))
+
+    def close(self) -> None:
+        try:
+            self.ray.kill(self.actor)
+        except Exception:  # Ray already shut down: the actor went with it
+            pass
+
+
+_RAY_ACTOR_CLASS = None
+
+
+def _ray_actor_class(ray: Any) -> Any:
+    global _RAY_ACTOR_CLASS
+    if _RAY_ACTOR_CLASS is None:
+
+        class DeviceWorker:
+            """A Ray actor holding one device, built by the factory where the actor runs."""
+
+            def __init__(self, factory: Callable[[], Any]) -> None:
+                self.device = factory()
+
+            def ping(self) -> int:
+                return os.getpid()
+
+            def evaluate(self, *args: Any) -> tuple[Any, float]:
+                return _timed_remote_call(self.device, args)
+
+            def attribute(self, name: str) -> Any:
+                return getattr(self.device, name)
+
+        _RAY_ACTOR_CLASS = ray.remote(DeviceWorker)
+    return _RAY_ACTOR_CLASS
+
+
+class RayPool(_Pool):
+    """A device pool on Ray actors: one device per actor, built where the actor runs.
+
+    Args:
+        factory: a function of no arguments that builds one device; Ray
+            sends it to each actor (cloudpickle: a lambda or a closure will
+            do) and the actor calls it once.
+        workers: the number of actors.
+        address: the Ray cluster to join (``"auto"``, ``"ray://host:10001"``,
+            …) when Ray is not initialised yet; ``None`` starts a local Ray
+            (give ``ray.init(num_cpus=...)`` yourself first to size it).  A
+            Ray this pool started is shut down by :meth:`close`.
+        actor_options: what each actor asks of the cluster, given to
+            ``.options()`` (default: Ray's, one CPU each); devices that wait
+            rather than compute can share a CPU: ``{"num_cpus": 0.25}``.
+        name: how errors, reports and ``BlackBox`` name the pool.
+        start_timeout: seconds each actor may take to start (including
+            waiting for resources) before the pool gives up with an error.
+        timeout: seconds a share may take (None: no limit); an actor that
+            does not answer in time is killed, its share evaluated elsewhere,
+            and a new actor replaces it at the next request.
+
+    Evaluation, faults and the ledger are as for :class:`DevicePool`; an
+    actor that dies (``ray.kill``, a crashed node) has its share retried on
+    the others, and a new actor replaces it at the next request.
+    """
+
+    mode = "ray"
+
+    def __init__(
+        self,
+        factory: Callable[[], Callable[..., Any]],
+        workers: int,
+        address: str | None = None,
+        *,
+        actor_options: dict[str, Any] | None = None,
+        name: str | None = None,
+        start_timeout: float = 120.0,
+        timeout: float | None = None,
+    ) -> None:
+        _check_timeout(timeout)
+        try:
+            import ray
+        except ImportError as err:
+            raise ImportError("RayPool needs Ray: pip install 'blackgrad[ray]'") from err
+        if not callable(factory):
+            raise TypeError(f"RayPool factory must be callable (it builds one device), got {type(factory).__name__}")
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise ValueError(f"RayPool needs workers, a positive int; got {workers!r}")
+        self._ray = ray
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        actor_class = _ray_actor_class(ray)
+        options = dict(actor_options or {})
+        pool_workers: list[_Worker] = []
+        try:
+            for i in range(workers):
+                pool_workers.append(_RayWorker(f"ray actor {i}", ray, actor_class, factory, options, start_timeout))
+            for worker in pool_workers:
+                worker.wait_started()
+        except BaseException:
+            for worker in pool_workers:
+                worker.close()
+            if self._owns_ray:
+                ray.shutdown()
+            raise
+        super().__init__(pool_workers, name or f"RayPool({_device_name(factory)} x {workers})", timeout)
+
+    @property
+    def actors(self) -> list[Any]:
+        """The actor handles, in worker order (e.g. to inspect or kill one)."""
+        return [worker.actor for worker in self._workers]
+
+    def close(self) -> None:
+        closed = self._closed
+        super().close()
+        if not closed and self._owns_ray:
+            self._ray.shutdown()
