@@ -2,8 +2,10 @@
 
 Reads the ``records.jsonl`` of ``blackgrad bench --section defaults --out DIR``
 and prints a markdown table, tasks as columns, marking every run that ended
-below readout-only training ("harm").
-Run: .venv/bin/python benchmarks/defaults_summary.py runs/defaults-2/records.jsonl
+below readout-only training ("harm").  Given several files, a later file's
+run of a (task, method) replaces an earlier one's: a partial re-run of some
+methods read over a whole section.
+Run: .venv/bin/python benchmarks/defaults_summary.py runs/defaults-2/records.jsonl [more records.jsonl ...]
 """
 import json
 import sys
@@ -20,9 +22,10 @@ LABELS = {
 }
 
 runs: dict[str, dict[str, dict]] = {}
-for line in open(sys.argv[1]):
-    record = json.loads(line)
-    runs.setdefault(record["task"], {})[record["method"]] = record
+for path in sys.argv[1:]:
+    for line in open(path):
+        record = json.loads(line)
+        runs.setdefault(record["task"], {})[record["method"]] = record
 tasks = list(runs)
 print("| estimator (defaults) | evals / sample and layer | " + " | ".join(f"`{t}`" for t in tasks) + " |")
 print("|---|---|" + "---|" * len(tasks))
