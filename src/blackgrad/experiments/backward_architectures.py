@@ -42,20 +42,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-import matplotlib
+import numpy as np
+import torch
+from torch import Tensor, nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
-
-from blackgrad.devices import Linear, Oscillators  # noqa: E402
-from blackgrad.estimators import LearnedVJP  # noqa: E402
-from blackgrad.estimators.base import VJPQuery  # noqa: E402
-from blackgrad.experiments import _common  # noqa: E402
-from blackgrad.experiments._common import claim, save_figure, write_results  # noqa: E402
-from blackgrad.nets import MLP, LogLinExp, LogLinExpNet  # noqa: E402
+from blackgrad.devices import Linear, Oscillators
+from blackgrad.estimators import LearnedVJP
+from blackgrad.estimators.base import VJPQuery
+from blackgrad.experiments import _common
+from blackgrad.experiments._common import claim, save_figure, subplots, write_results
+from blackgrad.nets import MLP, LogLinExp, LogLinExpNet
 
 NAME = "backward-architectures"
 TITLE = "Backward models: deep fully connected net vs Log-Lin-Exp"
@@ -307,7 +303,7 @@ def _claims(config: Config, problems: dict[str, Problem], table: list[dict]) -> 
 
 
 def _probes_figure(out: Path, config: Config, problems, curves, seeds) -> str:
-    fig, axes = plt.subplots(1, len(config.problems), figsize=(4.6 * len(config.problems), 3.8), squeeze=False)
+    fig, axes = subplots(1, len(config.problems), figsize=(4.6 * len(config.problems), 3.8), squeeze=False)
     for ax, p in zip(axes[0], config.problems):
         for a in config.architectures:
             # 1 − cosine on log axes: the last digits of a good fit and the first probes both show
@@ -326,7 +322,7 @@ def _probes_figure(out: Path, config: Config, problems, curves, seeds) -> str:
 
 
 def _parameters_figure(out: Path, config: Config, problems, table) -> str:
-    fig, axes = plt.subplots(1, len(config.problems), figsize=(4.6 * len(config.problems), 3.6), squeeze=False)
+    fig, axes = subplots(1, len(config.problems), figsize=(4.6 * len(config.problems), 3.6), squeeze=False)
     for ax, p in zip(axes[0], config.problems):
         for a in config.architectures:
             rows = sorted((r for r in table if (r["problem"], r["architecture"]) == (p, a)), key=lambda r: r["parameters"])

@@ -37,17 +37,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-import matplotlib
+import numpy as np
+import torch
+from torch import Tensor, nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
-
-from blackgrad.experiments import _common  # noqa: E402
-from blackgrad.experiments._common import claim, save_figure, write_results  # noqa: E402
-from blackgrad.transforms import PerturbBackward, PowerSign, SignFlip, apply_to_gradients, feedback_linear  # noqa: E402
+from blackgrad.experiments import _common
+from blackgrad.experiments._common import claim, save_figure, subplots, write_results
+from blackgrad.transforms import PerturbBackward, PowerSign, SignFlip, apply_to_gradients, feedback_linear
 
 NAME = "destroy-jacobian"
 TITLE = "Destroy the Jacobian: sign flips and sign-only gradients on XOR"
@@ -300,7 +296,7 @@ def _at(sweep: dict, values: tuple[float, ...], target: str, depth: int, value: 
 
 
 def _plot_sweep(sweep: dict, values: tuple[float, ...], config: Config, xlabel: str, title: str):
-    fig, axes = plt.subplots(1, len(TARGETS), figsize=(5.2 * len(TARGETS), 4.2), sharey=True)
+    fig, axes = subplots(1, len(TARGETS), figsize=(5.2 * len(TARGETS), 4.2), sharey=True)
     for ax, (target, label) in zip(axes, TARGETS.items()):
         for depth in config.depths:
             rows = sweep[target][depth]
@@ -320,7 +316,7 @@ def _plot_sweep(sweep: dict, values: tuple[float, ...], config: Config, xlabel: 
 def _plot_training(config: Config, curves: dict):
     data = torch.Generator().manual_seed(config.seed)
     x, y, _ = xor_cloud(1, config.n_train, config.spread, config.label_noise, data)
-    fig, axes = plt.subplots(1, 1 + len(config.depths), figsize=(4.2 * (1 + len(config.depths)), 3.8))
+    fig, axes = subplots(1, 1 + len(config.depths), figsize=(4.2 * (1 + len(config.depths)), 3.8))
     axes[0].scatter(x[0, :, 0], x[0, :, 1], c=y[0], cmap="coolwarm", s=6)
     axes[0].set_title(f"training data ({config.label_noise:.0%} labels flipped)")
     axes[0].set_aspect("equal")
@@ -355,7 +351,7 @@ def _instability(curve: Tensor) -> dict:
 
 
 def _plot_stability(config: Config, stability: dict):
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = subplots(1, 2, figsize=(11, 4))
     for lr in config.stability_lrs:
         rows = [stability[d][lr] for d in config.depths]
         axes[0].errorbar(config.depths, [r["mean"] for r in rows], yerr=[r["std"] for r in rows], marker="o",

@@ -19,18 +19,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
-import matplotlib
+from matplotlib import ticker
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+import numpy as np
+import torch
+from torch import Tensor
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib import ticker  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from blackgrad import losses as L  # noqa: E402
-from blackgrad.experiments import _common  # noqa: E402
-from blackgrad.experiments._common import claim, save_figure, write_results  # noqa: E402
+from blackgrad import losses as L
+from blackgrad.experiments import _common
+from blackgrad.experiments._common import claim, save_figure, subplots, write_results
 
 NAME = "losses"
 TITLE = "The loss zoo: gradient fields, log-loss overshoot, similarity properties"
@@ -141,7 +139,7 @@ def _draw_field(ax, points, grad, background, extent, marker, title, marker_labe
 
 
 def _field_colorbar(fig, axes) -> None:
-    mappable = plt.cm.ScalarMappable(plt.Normalize(*FIELD_CLIM), "viridis")
+    mappable = ScalarMappable(Normalize(*FIELD_CLIM), "viridis")
     fig.colorbar(mappable, ax=axes, fraction=0.02, pad=0.01,
                  label=f"log10 |∇| (clipped to {FIELD_CLIM})")
 
@@ -266,7 +264,7 @@ def run(config: Config, out: Path, progress: bool = True) -> dict:
 
     # --- ∇_x of every loss for the fixed target
     names = list(L.LOSSES)
-    fig, axes = plt.subplots(2, 5, figsize=(17, 7.2))
+    fig, axes = subplots(2, 5, figsize=(17, 7.2))
     field_norms = {}
     for ax, name in zip(axes.ravel(), _common.progress(names, progress, desc="∇_x fields")):
         loss = L.LOSSES[name]
@@ -282,7 +280,7 @@ def run(config: Config, out: Path, progress: bool = True) -> dict:
     # --- DotSim / GenSim: ∇_x for fixed y and ∇_y for fixed x
     similarity_losses = {"mse_dot": L.mse_dot}
     similarity_losses.update({f"gen_sim_loss α={a:g}": _gen_sim_at(a) for a in config.alphas})
-    fig, axes = plt.subplots(2, len(similarity_losses), figsize=(3.6 * len(similarity_losses), 7.2))
+    fig, axes = subplots(2, len(similarity_losses), figsize=(3.6 * len(similarity_losses), 7.2))
     columns = _common.progress(similarity_losses.items(), progress, desc="∇_y fields")
     for col, (name, loss) in enumerate(columns):
         _, grad_x = loss_gradient(loss, points, target, wrt="x")
@@ -614,7 +612,7 @@ SIGNED_TICKS = (-100.0, -1.0, -0.01, 0.0, 0.01, 1.0, 100.0)
 def _trajectory_figure(out, config, paths_of, target) -> str:
     shown = int(np.argmin(config.step_sizes))  # larger steps make the log paths leave the plot
     eta = config.step_sizes[shown]
-    fig, axes = plt.subplots(2, 3, figsize=(14, 8.6))
+    fig, axes = subplots(2, 3, figsize=(14, 8.6))
     fig.subplots_adjust(wspace=0.3, hspace=0.25)  # (constrained layout costs ~0.3 s a figure)
     for row, (pair, (plain, logged)) in enumerate(DESCENT_PAIRS.items()):
         ax_path, ax_err, ax_sweep = axes[row]
@@ -661,7 +659,7 @@ def _trajectory_figure(out, config, paths_of, target) -> str:
 
 
 def _landscape_figure(out, config, landscape, target) -> str:
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.4))
+    fig, axes = subplots(1, 3, figsize=(13, 4.4))
     fig.subplots_adjust(wspace=0.3, top=0.8)
     extent = config.extent
     titles = {"cosine_loss": "1 − CosSim", "mse_dot": "MSE(1, DotSim)",
@@ -693,7 +691,7 @@ def _plain_log_labels(ax) -> None:
 
 
 def _cosine_figure(out, cosine, dot) -> str:
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig, axes = subplots(1, 3, figsize=(13, 3.8))
     fig.subplots_adjust(wspace=0.3)
     curve = cosine["curve"]
     axes[0].loglog(curve["radius"], curve["cosine_loss"], label="1 − CosSim")

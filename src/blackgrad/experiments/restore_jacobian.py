@@ -49,20 +49,16 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import matplotlib
+from matplotlib import colormaps, ticker
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib import ticker  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from blackgrad.devices import Linear  # noqa: E402
-from blackgrad.estimators import LearnedJacobian  # noqa: E402
-from blackgrad.estimators.base import VJPQuery  # noqa: E402
-from blackgrad.experiments import _common  # noqa: E402
-from blackgrad.experiments._common import claim, save_figure, write_results  # noqa: E402
-from blackgrad.nets import ConstantJacobian  # noqa: E402
+from blackgrad.devices import Linear
+from blackgrad.estimators import LearnedJacobian
+from blackgrad.estimators.base import VJPQuery
+from blackgrad.experiments import _common
+from blackgrad.experiments._common import claim, save_figure, subplots, write_results
+from blackgrad.nets import ConstantJacobian
 
 NAME = "restore-jacobian"
 TITLE = "Restore the Jacobian of f(x) = θx from random-subspace probes"
@@ -386,12 +382,12 @@ def _claims(config: Config, sampling_table, scale, curves, rises) -> list[dict]:
 
 
 def _colors(count: int):
-    return plt.cm.viridis(np.linspace(0, 0.85, max(count, 1)))
+    return colormaps["viridis"](np.linspace(0, 0.85, max(count, 1)))
 
 
 def _curves_figure(out: Path, config: Config, sampling, curves) -> str:
     panels = list(dict.fromkeys((config.low, config.high)))
-    fig, axes = plt.subplots(3, len(panels), figsize=(4.8 * len(panels), 7.5), squeeze=False, sharex="col")
+    fig, axes = subplots(3, len(panels), figsize=(4.8 * len(panels), 7.5), squeeze=False, sharex="col")
     for column, dims in enumerate(panels):
         specs = [s for s in sampling if (s.dim_i, s.dim_o) == dims]
         for spec, color in zip(specs, _colors(len(specs))):
@@ -412,7 +408,7 @@ def _curves_figure(out: Path, config: Config, sampling, curves) -> str:
 
 
 def _sampling_summary_figure(out: Path, config: Config, sampling_table) -> str:
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     sizes = list(dict.fromkeys(tuple(r["dims"]) for r in sampling_table))
     for size, color in zip(sizes, _colors(len(sizes))):
         rows = [r for r in sampling_table if tuple(r["dims"]) == size]
@@ -435,7 +431,7 @@ def _sampling_summary_figure(out: Path, config: Config, sampling_table) -> str:
 def _scale_figure(out: Path, config: Config, scale, curves) -> str:
     size = tuple(config.scale_dims[-1])
     specs = [s for s in scale if (s.dim_i, s.dim_o) == size and s.lr == config.lr]
-    fig, (ax_direction, ax_scale) = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    fig, (ax_direction, ax_scale) = subplots(1, 2, figsize=(11, 4.2), sharex=True)
     colors = dict(zip(LOSSES, ("tab:blue", "tab:red", "tab:green")))
     styles = dict(zip(sorted(config.messups), ("--", "-", ":", "-.")))
     for spec in specs:
@@ -457,7 +453,7 @@ def _scale_figure(out: Path, config: Config, scale, curves) -> str:
 
 def _rise_figure(out: Path, curves, rises) -> str:
     found = [(spec, event) for spec, event in rises.items() if event is not None]
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    fig, ax = subplots(figsize=(6, 3.8))
     if not found:
         ax.text(0.5, 0.5, "no stretch of rising loss with improving signs found", ha="center", va="center")
         ax.set_axis_off()
