@@ -1,4 +1,4 @@
-"""The ``blackgrad`` command line: the demo, the benchmark, the seed experiments and recordings.
+"""The ``blackgrad`` command line: the demo, the benchmark, the experiments and recordings.
 
 Part of the research harness: it needs the ``bench`` extra (``pip install 'blackgrad[bench]'``);
 the installed command starts in :mod:`blackgrad._launcher`, which says so when typer is missing.
@@ -180,7 +180,7 @@ def run_experiment(
     out: Optional[Path] = typer.Option(None, help="output folder (default runs/experiments)"),
     threads: int = typer.Option(1, min=1, help="torch threads (small models: one thread is fastest, and robust to a busy core)"),
 ) -> None:
-    """Run one of the seed experiments (or all of them) and rebuild the index report."""
+    """Run one of the experiments (or all of them) and rebuild the index report."""
     _need_harness("run")
     import torch
 

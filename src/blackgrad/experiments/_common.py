@@ -10,14 +10,14 @@ from typing import Any, Iterable
 from tqdm.auto import tqdm
 
 
-def claim(seed_claim: str, measured: str, holds: bool) -> dict[str, Any]:
+def claim(statement: str, measured: str, holds: bool) -> dict[str, Any]:
     """One row of an experiment's claims table.
 
-    ``seed_claim`` quotes or paraphrases the seed; ``measured`` states what this
+    ``statement`` is the claim under test, quoted or paraphrased; ``measured`` states what this
     run measured (with numbers); ``holds`` says whether the measurement supports
     the claim.  The report prints disagreements plainly.
     """
-    return {"claim": seed_claim, "measured": measured, "holds": bool(holds)}
+    return {"claim": statement, "measured": measured, "holds": bool(holds)}
 
 
 def progress(iterable: Iterable, enabled: bool = True, **kwargs) -> Iterable:

@@ -1,6 +1,6 @@
-"""Experiment ``activations``: seed 001's activation zoo on XOR and on handwritten digits.
+"""Experiment ``activations``: the activation zoo on XOR and on handwritten digits.
 
-Seed 001 states, without numbers: the Cantor function with an identity
+The claims under test, first stated without numbers: the Cantor function with an identity
 backward beats the identity activation; fixed Perlin-noise activations do
 poorly compared to even ReLU; sin looks pretty efficient; a threshold forward
 trains with a sigmoid backward; polynomials are bad activations; a too complex
@@ -186,7 +186,7 @@ def _plot_accuracy(config: Config, table: dict):
 
 
 def run(config: Config, out: Path, progress: bool = True) -> dict:
-    """Train the zoo on both tasks; write the table, figures and results; test the seed's claims."""
+    """Train the zoo on both tasks; write the table, figures and results; test the claims."""
     _check(config)
     out = Path(out)
     threads = torch.get_num_threads()

@@ -1,6 +1,6 @@
-"""Experiment ``autodiff-basics``: six ways to differentiate ``z_20(x)`` (seed 003).
+"""Experiment ``autodiff-basics``: six ways to differentiate ``z_20(x)``.
 
-The lecture's example is the recursion ``z_{n+1} = sin(z_n·x) + x``, ``z_0 = 0``,
+The example, a classic of automatic-differentiation lectures, is the recursion ``z_{n+1} = sin(z_n·x) + x``, ``z_0 = 0``,
 run for 20 steps.  We compute ``dz_20/dx`` by
 
 (a) the analytic recursion ``dz_{n+1} = cos(z_n x)(z_n + x dz_n) + 1``,

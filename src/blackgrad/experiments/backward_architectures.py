@@ -1,6 +1,6 @@
-"""Experiment ``backward-architectures``: deep fully connected net vs Log-Lin-Exp as the backward model (seed 001).
+"""Experiment ``backward-architectures``: deep fully connected net vs Log-Lin-Exp as the backward model.
 
-Seed 001's title pits a deep fully connected net against Log-Lin-Exp
+The question pits a deep fully connected net against Log-Lin-Exp
 (learnable products of powers, :class:`~blackgrad.nets.LogLinExp`) as the
 model that learns a black box's backward pass from probes.  Here both sit in
 the feature net ``h(α)`` of the library's VJP model,
@@ -19,7 +19,7 @@ the feature net ``h(α)`` of the library's VJP model,
 Problems (``d = n`` inputs, ``m`` outputs, only ``∂/∂x`` is learned):
 
 * ``linear``: ``f = Ax`` (:class:`~blackgrad.devices.Linear`), ``x ~ N(0, I)``
-  — seed 001's "restoreJ on f(x) = Ax";
+  — the "restore the Jacobian" control case (``restore-jacobian``);
 * ``power``: ``f_i = Π_j x_j^{P_ij}`` with ``P_ij ∈ {−1, 0, 1}``, ``x`` log-uniform
   in ``[0.5, 2]`` — where Log-Lin-Exp should shine;
 * ``oscillators``: a small :class:`~blackgrad.devices.Oscillators` network
@@ -290,7 +290,7 @@ def _claims(config: Config, problems: dict[str, Problem], table: list[dict]) -> 
                 lle = row[(p, a, config.width)]
                 per_seed = list(zip(lle["mean_cosine_per_seed"], mlp["mean_cosine_per_seed"]))
                 claims.append(claim(
-                    f"Deep fully connected net vs Log-Lin-Exp (seed 001's title, as a testable statement) on "
+                    f"Deep fully connected net vs Log-Lin-Exp (the question, as a testable statement) on "
                     f"{problems[p].title}: {LABELS[a]} reaches a higher gradient cosine per probe",
                     f"test cosine over {budget} probes, width {config.width}, mean of {config.seeds} seed(s) — "
                     f"{describe(p, a)}; {describe(p, 'mlp')}; holds if its mean cosine over the run is higher in "

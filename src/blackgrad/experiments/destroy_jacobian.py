@@ -1,13 +1,13 @@
-"""Experiment ``destroy-jacobian``: how wrong can the backward pass be and still train? (seed 001)
+"""Experiment ``destroy-jacobian``: how wrong can the backward pass be and still train?
 
-Seed 001 trains fully connected nets of Linear + GELU on an XOR problem — a
-Gaussian point cloud with some labels flipped — and damages the backward pass:
-it flips the sign of random components of ``∇x`` (the gradient sent from layer
+The question, as first asked: train fully connected nets of Linear + GELU on an XOR problem — a
+Gaussian point cloud with some labels flipped — and damage the backward pass:
+flip the sign of random components of ``∇x`` (the gradient sent from layer
 to layer), of ``∇θ`` (the parameter gradients) or of ``θ`` (the weights the
-backward pass multiplies by), or keeps only their sign.  It reports that
+backward pass multiplies by), or keep only their sign.  The claims under test:
 sign-only ``∇θ`` works but sign-only ``∇x`` does not, that learning survives a
-flip probability ``p = 0.45``, suggests "intermediate values for sign keeping",
-and notes that deeper nets are unstable even without perturbation.
+flip probability ``p = 0.45``, that "intermediate values for sign keeping" are
+worth a look, and that deeper nets are unstable even without perturbation.
 
 Here, for every depth and for each target ``∇x``, ``∇θ``, ``θ``:
 
@@ -19,8 +19,8 @@ Here, for every depth and for each target ``∇x``, ``∇θ``, ``θ``:
 input of every Linear layer but the first, ``∇θ`` by
 :func:`~blackgrad.transforms.apply_to_gradients` before each optimiser step,
 ``θ`` by :func:`~blackgrad.transforms.feedback_linear` (the backward pass uses
-``T(W)`` instead of ``W`` for ``∇x``; the forward pass is exact).  The seed
-does not say at which learning rate its deep nets were unstable, so the
+``T(W)`` instead of ``W`` for ``∇x``; the forward pass is exact).  The claim
+does not say at which learning rate deep nets were unstable, so the
 unperturbed nets are also trained at every rate of ``stability_lrs``.
 
 All configurations of one depth train together as one ensemble of
@@ -371,7 +371,7 @@ def _plot_stability(config: Config, stability: dict):
 
 
 def run(config: Config, out: Path, progress: bool = True) -> dict:
-    """Train every (depth, perturbation) configuration; write figures and results; test the seed's claims."""
+    """Train every (depth, perturbation) configuration; write figures and results; test the claims."""
     if config.optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
     out = Path(out)

@@ -1,10 +1,10 @@
-"""Experiment ``losses``: the gradient fields of the seed's loss zoo (seed 001).
+"""Experiment ``losses``: the gradient fields of the loss zoo.
 
-The seed draws, for a target ``y ∈ ℝ²``, the gradient of each loss with
-respect to ``x`` over the plane, argues that minimising ``log(loss)`` makes
-descent overshoot the target instead of converging calmly, and states
+We draw, for a target ``y ∈ ℝ²``, the gradient of each loss with
+respect to ``x`` over the plane, test the claim that minimising ``log(loss)`` makes
+descent overshoot the target instead of converging calmly, and check the stated
 properties of the cosine and dot-product similarities.  This experiment draws
-the same fields (``∇_x`` for fixed ``y``; also ``∇_y`` for fixed ``x`` for
+the fields (``∇_x`` for fixed ``y``; also ``∇_y`` for fixed ``x`` for
 DotSim and GenSim), runs fixed-step gradient descent on MSE vs log MSE and
 ``1 − CosSim`` vs its log, and measures each property.  It also copies the
 interactive page ``loss_field.html`` (the mouse moves ``y``) into ``out``.
@@ -247,7 +247,7 @@ def _diameter(points: np.ndarray) -> float:
 
 
 def run(config: Config, out: Path, progress: bool = True) -> dict:
-    """Draw the fields, run the descents, measure the seed's claims; write figures, page and results."""
+    """Draw the fields, run the descents, measure the claims; write figures, page and results."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dtype = torch.float64
@@ -585,7 +585,7 @@ def _sign_losses(points, target, field_norms) -> tuple[dict, list[dict]]:
     n = len(points)
     claims = [
         claim(
-            "The seed's sign loss −∑_d max(0, 1 − sgn(y_d⋅x_d)) drives x toward the signs of y",
+            "The sign-hinge loss as first written, −∑_d max(0, 1 − sgn(y_d⋅x_d)) drives x toward the signs of y",
             f"as written: loss(y, y) = {hinge_at_y:g} but loss(−y, y) = {hinge_at_minus_y:g} "
             f"(lower, d = {d}), and its autograd gradient is 0 at {hinge_zero}/{n} grid points: it "
             "rewards opposite signs and gives no gradient (the leading minus looks like a slip)",

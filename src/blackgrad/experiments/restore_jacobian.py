@@ -1,8 +1,8 @@
-"""Experiment ``restore-jacobian``: learn the Jacobian of ``f(x) = θx`` from probes (seed 001).
+"""Experiment ``restore-jacobian``: learn the Jacobian of ``f(x) = θx`` from probes.
 
-Seed 001 trains a backward model from perturbation probes, using the scalar
+The idea: train a backward model from perturbation probes, using the scalar
 identity ``(gᵀJ)·dα = gᵀ(J dα)``: the model ``Ĵ`` is fitted so that
-``Ĵ ε ≈ s``, the slope the device shows along a random direction ``ε``.  Its
+``Ĵ ε ≈ s``, the slope the device shows along a random direction ``ε``.  The
 "restore the Jacobian" experiment helps the algorithm by giving it the
 structure of the answer — for ``f(x) = θx`` the Jacobian is the constant
 matrix ``θ`` (``dim_o × dim_i``) — so that one can watch how well ``Ĵ``
@@ -19,7 +19,7 @@ approaches ``θ``.  Its knobs:
   entries have the true entries' standard deviation ``1/√dim_i`` (so
   ``initial_messup = 1`` is a random guess of the right scale).
 
-The seed reports: at the same ``dim_sample`` in proportion, random subspace
+The claims under test: at the same ``dim_sample`` in proportion, random subspace
 sampling works better at higher dimension; the loss can go up while the sign
 of every Jacobian entry keeps improving; cosine similarity cannot see scale.
 
@@ -118,10 +118,10 @@ class RunSpec:
     loss: str
     messup: float
     lr: float
-    fixed_epochs: int | None = None  # None: seed 001's normalisation
+    fixed_epochs: int | None = None  # None: the same probes per Jacobian entry
 
     def epochs(self, config: Config) -> int:
-        """``fixed_epochs``, or seed 001's ``∝ dim_i·dim_o / dim_sample``: the same probes per entry for every run."""
+        """``fixed_epochs``, or ``∝ dim_i·dim_o / dim_sample``: the same probes per entry for every run."""
         if self.fixed_epochs is not None:
             return self.fixed_epochs
         return max(1, math.ceil(config.probes_per_entry / config.batch * self.dim_i * self.dim_o / self.dim_sample))
@@ -252,7 +252,7 @@ def run(config: Config, out: Path, progress: bool = True) -> dict:
 def _sampling_table(config: Config, sampling, curves) -> list[dict]:
     """Per sampling run: final errors, and the error after as many Adam steps as the low-dimensional run took.
 
-    With seed 001's normalisation a run takes ``∝ dim_o / fraction`` steps, so a
+    With that normalisation (the same probes per entry) a run takes ``∝ dim_o / fraction`` steps, so a
     larger run has also taken more optimiser steps; the second number removes
     that difference.
     """
