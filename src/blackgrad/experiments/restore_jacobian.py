@@ -293,6 +293,19 @@ def _fmt_dims(n: int, m: int) -> str:
 
 
 def _claims(config: Config, sampling_table, scale, curves, rises) -> list[dict]:
+    """Every claim of the experiment, in the order of the report."""
+    final, sizes = _final_at_default_lr(config, scale, curves)
+    return [
+        *_sampling_claims(config, sampling_table),
+        _loss_rise_claim(config, curves, rises),
+        *_cosine_scale_claim(config, final, sizes),
+        *_mse_messup_claims(config, final, sizes),
+        *_summed_losses_claim(config, final, sizes),
+    ]
+
+
+def _sampling_claims(config: Config, sampling_table) -> list[dict]:
+    """Random subspace sampling works better at higher dimension, and why (the probes, not the steps)."""
     claims = []
     low, high = config.low, config.high
     table = {(tuple(r["dims"]), r["fraction"]): r for r in sampling_table}
@@ -318,12 +331,16 @@ def _claims(config: Config, sampling_table, scale, curves, rises) -> list[dict]:
             + f" (the whole {_fmt_dims(*high)} runs take {high[1] / low[1]:g}× as many steps); holds if the "
               "high-dimensional error is ≥ 20 % lower at every fraction at equal steps",
             all(b["relative_error_at_low_steps"] < 0.8 * a["final_relative_error"] for a, b in pairs.values())))
+    return claims
 
+
+def _loss_rise_claim(config: Config, curves, rises) -> dict:
+    """The loss can rise while the signs of Ĵ keep improving: the events found."""
     found = {spec: event for spec, event in rises.items() if event is not None}
     default = [spec for spec in curves if spec.lr == config.lr]
     default_found = [spec for spec in default if spec in found]
     examples = sorted(found.items(), key=lambda item: item[1]["sign_from"] - item[1]["sign_to"])[:3]
-    claims.append(claim(
+    return claim(
         "The loss can go up while the sign of the Jacobian's components keeps improving",
         f"event := epochs a < b where the training loss (log-mean over {config.rise_window} epochs) is "
         f"≥ {1 + config.rise_min:g}× higher at b than at a while the fraction of entries of Ĵ with the right sign "
@@ -334,12 +351,21 @@ def _claims(config: Config, sampling_table, scale, curves, rises) -> list[dict]:
         + ("; largest: " + "; ".join(
             f"{spec.label()}: epochs {e['start']}–{e['end']}, loss ×{e['loss_ratio']:.2f}, signs "
             f"{e['sign_from']:.3f} → {e['sign_to']:.3f}" for spec, e in examples) if examples else ""),
-        bool(found)))
+        bool(found))
 
+
+def _final_at_default_lr(config: Config, scale, curves) -> tuple[dict, list]:
+    """The final metrics of the scale runs at the default learning rate, and their (dim_i, dim_o) sizes."""
     at_default = [spec for spec in scale if spec.lr == config.lr]
     final = {(s.dim_i, s.dim_o, s.loss, s.messup): {key: curves[s][key][-1] for key in METRICS} for s in at_default}
     sizes = list(dict.fromkeys((s.dim_i, s.dim_o) for s in at_default))
+    return final, sizes
+
+
+def _cosine_scale_claim(config: Config, final: dict, sizes: list) -> list[dict]:
+    """Cosine similarity cannot see scale (no claim when the cosine or MSE runs are absent)."""
     messups = sorted(config.messups)
+    claims = []
     if {"cosine", "mse"} <= set(config.losses) and sizes:
         cosine = {(size, mu): (final[(*size, "cosine", mu)], final[(*size, "mse", mu)]) for size in sizes for mu in messups}
         mse_restored = [abs(m["scale_ratio"] - 1) < 0.1 for (size, mu), (_, m) in cosine.items() if mu <= 1]
@@ -351,6 +377,13 @@ def _claims(config: Config, sampling_table, scale, curves, rises) -> list[dict]:
             + "; holds if every cosine run's norm ends ≥ 10 % off while MSE, from every initial scale ≤ 1, ends "
               "within 10 %",
             all(abs(c["scale_ratio"] - 1) > 0.1 for c, _ in cosine.values()) and bool(mse_restored) and all(mse_restored)))
+    return claims
+
+
+def _mse_messup_claims(config: Config, final: dict, sizes: list) -> list[dict]:
+    """MSE sees the scale, but badly from a wrong initial scale: one claim per initial_messup ≠ 1."""
+    messups = sorted(config.messups)
+    claims = []
     if "mse" in config.losses and 1.0 in messups and sizes:
         for mu in [mu for mu in messups if mu != 1.0]:
             rows = {size: (final[(*size, "mse", 1.0)], final[(*size, "mse", mu)], final.get((*size, "cosine", mu)))
@@ -365,6 +398,13 @@ def _claims(config: Config, sampling_table, scale, curves, rises) -> list[dict]:
                             for size, (good, bad, cos) in rows.items())
                 + "; holds if the error is ≥ 10× larger than from the right scale at every size",
                 all(bad["relative_error"] >= 10 * good["relative_error"] for good, bad, _ in rows.values())))
+    return claims
+
+
+def _summed_losses_claim(config: Config, final: dict, sizes: list) -> list[dict]:
+    """1 − cos + MSE has a single minimum: the full Jacobian, scale included."""
+    messups = sorted(config.messups)
+    claims = []
     if {"mse", "mse+cosine"} <= set(config.losses) and sizes:
         both = {(size, mu): (final[(*size, "mse+cosine", mu)], final[(*size, "mse", mu)]) for size in sizes for mu in messups}
         small = [pair for (size, mu), pair in both.items() if mu <= 1]
