@@ -1,8 +1,8 @@
-"""The ``blackgrad`` command line: the demo, the benchmark, the experiments and recordings.
+"""The ``blackgrad`` command line: the demo, the benchmark, the experiments and recordings."""
 
-Part of the research harness: it needs the ``bench`` extra (``pip install 'blackgrad[bench]'``);
-the installed command starts in :mod:`blackgrad._launcher`, which says so when typer is missing.
-"""
+# Part of the research harness, with the bench extra (pip install 'blackgrad[bench]'); the
+# installed command starts in blackgrad._launcher, which says so when typer is missing.
+# The docstring above is the command's --help.
 
 from __future__ import annotations
 
