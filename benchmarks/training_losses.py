@@ -2,7 +2,7 @@
 
 Trains LearnedJacobian and LearnedVJP online on a smooth nonlinear map with
 each loss of blackgrad.estimators.learned.TRAINING_LOSSES, and a structured
-ConstantJacobian started at a wrong scale (seed 001's initial_messup), and
+ConstantJacobian started at a wrong scale (restore-jacobian's initial_messup), and
 prints the final gradient cosine and relative error to the exact VJP (mean
 over seeds).  Run: .venv/bin/python benchmarks/training_losses.py
 """

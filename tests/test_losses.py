@@ -196,6 +196,6 @@ def test_experiment_measurements(quick_run):
 def test_experiment_claims(quick_run):
     result, _ = quick_run
     failing = [c["claim"] for c in result["claims"] if not c["holds"]]
-    # the only claim that fails is the seed's sign-hinge loss as written (its leading minus)
+    # the only claim that fails is the sign-hinge loss as first written (its leading minus)
     assert len(failing) == 1 and "max(0, 1 − sgn" in failing[0]
     assert all(c["measured"] for c in result["claims"])

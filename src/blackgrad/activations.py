@@ -1,8 +1,8 @@
-"""Seed 001's activation zoo, including activations whose backward is a surrogate.
+"""An activation zoo, including activations whose backward is a surrogate.
 
-Seed 001 argues that the backward pass of an activation is "only a direction
+The idea behind it: the backward pass of an activation is "only a direction
 indicator": a function whose true derivative is useless (zero almost
-everywhere) still trains if the backward pass uses a sensible surrogate.  Its
+everywhere) still trains if the backward pass uses a sensible surrogate.  The
 examples, all here as ``nn.Module`` s acting elementwise:
 
 ============================  ===========================================  ==========================================
@@ -53,7 +53,7 @@ __all__ = [
 
 
 class Sin(nn.Module):
-    """``sin(ω x)``: oscillating, not monotone — the seed finds it "pretty efficient"."""
+    """``sin(ω x)``: oscillating, not monotone, yet claimed "pretty efficient" (``blackgrad run activations`` measures it)."""
 
     def __init__(self, frequency: float = 1.0) -> None:
         super().__init__()
@@ -69,7 +69,7 @@ class Sin(nn.Module):
 class Polynomial(nn.Module):
     """``σ(x) = Σ_k λ_k x^k`` with fixed coefficients ``λ = coefficients`` (constant term first).
 
-    The seed's cautionary example: compositions of polynomials stay
+    The cautionary example: compositions of polynomials stay
     polynomials (no universal approximation), their degree multiplies with
     depth and their derivative is unbounded.  Default ``x + x²/2``.
     """
@@ -180,7 +180,7 @@ _cantor_identity = gradiator(cantor, _identity_slope, name="cantor")
 class Cantor(nn.Module):
     """The Cantor staircase :func:`cantor` forward, identity backward.
 
-    The seed: "the Jacobian is 0 almost everywhere, but if one uses identity
+    The claim: "the Jacobian is 0 almost everywhere, but if one uses identity
     as a Jacobian replacement, we get better performances than identity
     activation function".
 
@@ -211,8 +211,8 @@ class Perlin(nn.Module):
 
     so ``n`` vanishes at the integers, has slope ``g_i`` there, is C¹ and lies
     in ``[−1/2, 1/2]`` (the default ``amplitude = 2`` spans ``[−1, 1]``).  The
-    backward pass is the true derivative (plain autograd).  The seed found
-    such fixed noise activations did "poorly compared to even ReLU".
+    backward pass is the true derivative (plain autograd).  Such fixed noise
+    activations are claimed to do "poorly compared to even ReLU".
     """
 
     def __init__(self, seed: int = 0, frequency: float = 1.0, amplitude: float = 2.0, period: int = 256) -> None:
@@ -268,7 +268,7 @@ jeff = gradiator(_jeff_forward, _jeff_backward, name="jeff")
 
 
 class Jeff(nn.Module):
-    """The seed's deliberately over-complex activation ("jeff"), defined here as::
+    """A deliberately over-complex activation ("jeff"), defined here as::
 
         jeff(x) = W(x) + ½ ⋅ (L⁶(v(x)) − ½)
         W(x)    = (1/Z) Σ_{k=1..8} sin(ω_k x + k) / √k,   ω_k = √p_k, p = 2, 3, 5, …, 19,

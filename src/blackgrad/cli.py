@@ -1,4 +1,8 @@
-"""The ``blackgrad`` command line: the demo, the benchmark, the seed experiments and recordings."""
+"""The ``blackgrad`` command line: the demo, the benchmark, the experiments and recordings."""
+
+# Part of the research harness, with the bench extra (pip install 'blackgrad[bench]'); the
+# installed command starts in blackgrad._launcher, which says so when typer is missing.
+# The docstring above is the command's --help.
 
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ from typing import Iterator, NoReturn, Optional
 
 import typer
 
+from ._launcher import INSTALL, missing_harness
+
 # Plain click messages, not rich panels: an error is one line, whatever the terminal's width.
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None)
 
@@ -20,6 +26,13 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     """End the command with a one-line error (exit status 2: bad input; 1: it failed)."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def _need_harness(command: str) -> None:
+    """End ``blackgrad COMMAND`` with a one-line error when part of the ``bench`` extra is missing."""
+    absent = missing_harness()
+    if absent:
+        _fail(f"blackgrad {command} needs the bench extra ({', '.join(absent)} not installed): {INSTALL}", 1)
 
 
 def _writable(folder: Path, option: str = "--out") -> Path:
@@ -89,6 +102,7 @@ def demo(
 
     A folder that already holds some of the runs (an interrupted demo) is resumed.
     """
+    _need_harness("demo")
     from .bench import BenchmarkInterrupted
     from .bench.records import RecordsError
     from .demo import run_demo
@@ -128,6 +142,7 @@ def bench(
     the runs recorded there and runs the others; a folder whose records were
     trained with other settings (--quick or not) is refused.
     """
+    _need_harness("bench")
     from .bench import SECTION_SEEDS, SECTIONS, BenchmarkInterrupted, plan, run_benchmark
     from .bench.records import RecordsError
 
@@ -165,7 +180,8 @@ def run_experiment(
     out: Optional[Path] = typer.Option(None, help="output folder (default runs/experiments)"),
     threads: int = typer.Option(1, min=1, help="torch threads (small models: one thread is fastest, and robust to a busy core)"),
 ) -> None:
-    """Run one of the seed experiments (or all of them) and rebuild the index report."""
+    """Run one of the experiments (or all of them) and rebuild the index report."""
+    _need_harness("run")
     import torch
 
     from .experiments import EXPERIMENTS, available, load
@@ -201,6 +217,7 @@ def report(
     gets results.md, results.json and the figures again, from the records
     alone; the experiments' folder gets its index.html.  Nothing is run.
     """
+    _need_harness("report")
     from .bench import rebuild
     from .bench.records import RECORDS, RecordsError
     from .experiments import EXPERIMENTS

@@ -1,4 +1,4 @@
-"""The loss zoo of seed 001: distances and similarities between a prediction and a target.
+"""A loss zoo: distances and similarities between a prediction and a target.
 
 Every function takes tensors ``x`` (the value being optimised) and ``y`` (the
 target) of shape ``(..., d)``: the scalar product ``⟨x|y⟩ = ∑_d x_d y_d`` is
@@ -7,7 +7,7 @@ taken along the last dimension, giving one value per sample, and
 dimensions; ``reduction="none"`` returns the per-sample values of shape
 ``(...)``.  ``x`` and ``y`` broadcast against each other.
 
-Note that, as in the seed, ``MSE(x, y) = mean(⟨x−y|x−y⟩)`` sums the squares
+Note that, as first defined for this zoo, ``MSE(x, y) = mean(⟨x−y|x−y⟩)`` sums the squares
 over the vector dimension; :func:`torch.nn.functional.mse_loss` would also
 average over it (a factor ``d`` smaller).
 
@@ -90,7 +90,7 @@ def _log_of(loss: Tensor, eps: float) -> Tensor:
 
 
 def log_mse(x: Tensor, y: Tensor, eps: float = EPS, reduction: str = "mean") -> Tensor:
-    """``log(MSE(x, y) + eps)``: the seed's "minimise log(loss) instead" for MSE.
+    """``log(MSE(x, y) + eps)``: "minimise log(loss) instead", for MSE.
 
     ``∇_x = 2(x−y)/(|x−y|² + eps)``: the same directions as MSE but a length
     ``≈ 2/|x−y|`` that *grows* as ``x`` approaches ``y``, so a fixed-step descent
@@ -168,7 +168,7 @@ def gen_sim_loss(
 ) -> Tensor:
     """``MSE(GenSim_α(x, y), GenSim_α(y, y)) = mean_batch (GenSim_α(x, y) − GenSim_α(y, y))²``.
 
-    The loss the seed draws for the generalised similarity; ``GenSim_α(y, y) = 1``
+    The loss drawn for the generalised similarity (``blackgrad run losses``); ``GenSim_α(y, y) = 1``
     up to the ``eps`` guard, and it is kept in the graph (it matters for
     ``∇_y``).  ``α = 0`` gives :func:`mse_dot`, ``α = 1`` gives ``(1 − CosSim)²``.
     """
@@ -195,7 +195,7 @@ def cosine_plus_mse_dot(
 
 
 def sign_hinge_loss(x: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
-    """``loss(x, y) = −∑_d max(0, 1 − sgn(y_d⋅x_d))``, exactly as the seed writes it.
+    """``loss(x, y) = −∑_d max(0, 1 − sgn(y_d⋅x_d))``, exactly as first written.
 
     Beware: each disagreeing sign contributes ``−2`` and each agreeing sign ``0``,
     so as written it is *minimised* by signs opposite to ``y`` (the leading

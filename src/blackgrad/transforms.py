@@ -1,6 +1,6 @@
-"""Gradient transforms: deliberately damaged backward passes for any model (seed 001).
+"""Gradient transforms: deliberately damaged backward passes for any model.
 
-Seed 001's "destroy the Jacobian" experiment asks how much a backward pass can
+The "destroy the Jacobian" experiment (``blackgrad run destroy-jacobian``) asks how much a backward pass can
 be wrong and still train: flip the sign of random components of ``∇x`` (the
 gradient passed from layer to layer), of ``∇θ`` (parameter gradients) or of
 ``θ`` (the weights the backward pass multiplies by), or keep only their sign.
@@ -13,7 +13,7 @@ A transform maps a tensor to a tensor of the same shape, elementwise:
   (``p = 0.5`` keeps no information, ``p = 1`` is gradient ascent);
 * :class:`SignOnly`: ``sign(g)``;
 * :class:`PowerSign` ``(γ)``: ``|g|^γ ⋅ sign(g)`` — ``γ = 1`` the identity,
-  ``γ = 0`` sign-only, in between the seed's "intermediate values for sign
+  ``γ = 0`` sign-only, in between "intermediate values for sign
   keeping".
 
 Random transforms own a ``torch.Generator`` (``seed`` argument; a fresh random
@@ -290,7 +290,7 @@ def feedback_linear(x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Gr
 class FeedbackLinear(nn.Linear):
     """An ``nn.Linear`` whose backward multiplies by ``feedback(W)`` instead of ``W``.
 
-    Seed 001 perturbs "``θ``" as well as ``∇x`` and ``∇θ``: for a linear layer
+    The "destroy the Jacobian" experiment perturbs "``θ``" as well as ``∇x`` and ``∇θ``: for a linear layer
     ``∇x = ∇y ⋅ θ``, so this is where ``θ`` enters the backward pass.  The
     forward pass and the parameter gradients are those of ``nn.Linear``; only
     the gradient sent to the previous layer changes.

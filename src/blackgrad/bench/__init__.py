@@ -161,33 +161,53 @@ def run_benchmark(
         records.drop_cut_short_line(path)  # warned about by read: its run is run again
         done = {records.key(record) for record in found}
         todo = [run for run in runs if run not in done]
-        workers = min(jobs, len(todo)) or 1
-        threads_per_run = threads if threads is not None else (1 if workers > 1 else torch.get_num_threads())
-        environment = {
-            "section": section,
-            "threads": threads_per_run,
-            "workers": workers,
-            "torch": torch.__version__,
-            "machine": platform.machine(),
-            **({} if ray is None else {"ray": ray}),  # run as Ray tasks, local or on a cluster
-        }
-        bar = tqdm(total=len(runs), initial=len(runs) - len(todo), disable=not progress, desc="benchmark")
-        try:
-            executed = _execute(todo, quick, threads, jobs) if ray is None else _execute_on_ray(todo, quick, threads, jobs, ray)
-            for record in executed:
-                record["config"] = run_config(table[record["task"]], METHODS[record["method"]], quick)
-                record["environment"] = environment
-                log.append(record)
-                fidelity = "" if record.get("fidelity") is None else f" fidelity {record['fidelity']:.2f}"
-                bar.set_postfix_str(f"{record['task']} {record['method']} seed {record['seed']}: {record['accuracy']:.3f}{fidelity}")
-                bar.update()
-        except KeyboardInterrupt:
-            recorded = {records.key(record) for record in records.read(path)}  # wherever the interrupt fell
-            raise BenchmarkInterrupted(path, sum(run in recorded for run in runs), len(runs)) from None
-        finally:
-            bar.close()
+        environment = _environment(section, threads, jobs, len(todo), ray)
+
+        def execute() -> Iterator[dict[str, Any]]:
+            return _execute(todo, quick, threads, jobs) if ray is None else _execute_on_ray(todo, quick, threads, jobs, ray)
+
+        def settings(record: dict[str, Any]) -> dict[str, Any]:
+            return run_config(table[record["task"]], METHODS[record["method"]], quick)
+
+        _record_runs(log, path, runs, len(runs) - len(todo), execute, settings, environment, progress)
         # the tables of the records as written, exactly as rebuild() reads them back
         return _write(out, records.read(path))
+
+
+def _environment(section: str, threads: int | None, jobs: int, todo: int, ray: str | None) -> dict[str, Any]:
+    """What every record of this call says about where and how it ran."""
+    workers = min(jobs, todo) or 1
+    threads_per_run = threads if threads is not None else (1 if workers > 1 else torch.get_num_threads())
+    return {
+        "section": section,
+        "threads": threads_per_run,
+        "workers": workers,
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        **({} if ray is None else {"ray": ray}),  # run as Ray tasks, local or on a cluster
+    }
+
+
+def _record_runs(log, path: Path, runs: list, recorded: int, execute, settings, environment: dict[str, Any], progress: bool) -> None:
+    """Append each run's record to ``log`` the moment it finishes, under a bar counting the ``runs`` recorded.
+
+    On Ctrl-C, :class:`BenchmarkInterrupted` says how many of ``runs`` the
+    file at ``path`` holds, wherever the interrupt fell.
+    """
+    bar = tqdm(total=len(runs), initial=recorded, disable=not progress, desc="benchmark")
+    try:
+        for record in execute():
+            record["config"] = settings(record)
+            record["environment"] = environment
+            log.append(record)
+            fidelity = "" if record.get("fidelity") is None else f" fidelity {record['fidelity']:.2f}"
+            bar.set_postfix_str(f"{record['task']} {record['method']} seed {record['seed']}: {record['accuracy']:.3f}{fidelity}")
+            bar.update()
+    except KeyboardInterrupt:
+        found = {records.key(record) for record in records.read(path)}
+        raise BenchmarkInterrupted(path, sum(run in found for run in runs), len(runs)) from None
+    finally:
+        bar.close()
 
 
 class BenchmarkInterrupted(KeyboardInterrupt):

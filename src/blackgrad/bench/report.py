@@ -127,16 +127,16 @@ def markdown(tables: dict[str, list[dict[str, Any]]], titles: dict[str, str]) ->
 
 def figures(records: list[dict[str, Any]], out: Path) -> list[str]:
     """Accuracy vs device evaluations, and gradient cosine over training, one pair per task."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure outside pyplot: no backend is chosen or switched, and savefig renders with Agg.
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
 
     names = []
     for task in dict.fromkeys(r["task"] for r in records):
         runs = [r for r in records if r["task"] == task]
-        fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
-        colours = plt.get_cmap("tab20").colors  # 16 methods: the default cycle of 10 would repeat
+        fig = Figure(figsize=(13, 4.5))
+        left, right = fig.subplots(1, 2)
+        colours = colormaps["tab20"].colors  # 16 methods: the default cycle of 10 would repeat
         for index, method in enumerate(dict.fromkeys(r["method"] for r in runs)):
             colour = colours[index % len(colours)]
             style = ("-", "--", ":")[index // len(colours) % 3]  # both sections at once: more than 20
@@ -163,7 +163,6 @@ def figures(records: list[dict[str, Any]], out: Path) -> list[str]:
         fig.tight_layout()
         name = f"{task}.png"
         fig.savefig(out / name, dpi=100, bbox_inches="tight")
-        plt.close(fig)
         names.append(name)
     return names
 

@@ -9,7 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from .methods import METHODS, Method
-from .tasks import Data, HybridNet, Task
+from .data import Data
+from .model import HybridNet
+from .tasks import Task
 
 #: measure the gradient cosine every this many training steps
 COSINE_EVERY = 5
@@ -31,7 +33,7 @@ def accuracy(model: HybridNet, x: Tensor, y: Tensor) -> float:
 def _cosines(model: HybridNet) -> float | None:
     """Mean cosine between each box's estimated input gradient and the exact VJP there."""
     values = []
-    for (u, h), box, device in zip(model.probes, model.boxes, model.devices):
+    for (u, h), box, device in zip(model.recorded, model.boxes, model.devices):
         if u.grad is None or h.grad is None:
             continue
         theta = None if box.params is None else box.params.detach()

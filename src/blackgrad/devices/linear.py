@@ -15,7 +15,7 @@ class Linear(Device):
 
     Physics: an idealised linear physical layer (a programmable optical
     interferometer mesh, a crossbar of conductances) with no nonlinearity and
-    no noise.  It is the control case of the seed note "restore-the-Jacobian":
+    no noise.  It is the control case of the "restore the Jacobian" experiment:
     its exact VJP is ``grad_x = g θ`` and ``grad_θ = Σ_b g_bᵀ x_b``, so any
     estimator can be checked against the closed form.
 

@@ -139,9 +139,9 @@ class DigitalTwin(LearnedEstimator):
         self.values.add(alpha=alpha, y=y)
         steps_per_epoch = max(1, alpha.shape[0] // self.batch_size)
         history = []
-        from tqdm.auto import tqdm
+        from .._progress import progress_bar
 
-        for _ in tqdm(range(epochs), disable=not progress, leave=False, desc="fitting twin"):
+        for _ in progress_bar(range(epochs), progress, desc="fitting twin"):
             start = len(self.train_losses)
             self.train(steps_per_epoch)
             history.append(sum(self.train_losses[start:]) / steps_per_epoch)

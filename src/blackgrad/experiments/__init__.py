@@ -1,10 +1,10 @@
-"""Reproducible versions of the experiments reported in the seed notes.
+"""Reproducible experiments behind the library's design: each tests stated claims with numbers.
 
 Each experiment is a module with a ``Config`` dataclass (``Config.quick()`` gives
 the small variant used by ``--quick`` and the tests) and a function
 ``run(config, out, progress=True) -> dict`` that writes ``results.json`` and PNG
 figures into the folder ``out`` and returns the same dictionary.  The result
-holds a ``claims`` list: each entry states a claim of the seed, what we
+holds a ``claims`` list: each entry states a claim, what we
 measured, and whether the measurement supports it (see :func:`claim`).
 
 The library core never imports this package.

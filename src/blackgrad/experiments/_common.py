@@ -1,4 +1,4 @@
-"""Helpers shared by the experiments: result files, claims and progress bars."""
+"""Helpers shared by the experiments: result files, claims, figures and progress bars."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from typing import Any, Iterable
 from tqdm.auto import tqdm
 
 
-def claim(seed_claim: str, measured: str, holds: bool) -> dict[str, Any]:
+def claim(statement: str, measured: str, holds: bool) -> dict[str, Any]:
     """One row of an experiment's claims table.
 
-    ``seed_claim`` quotes or paraphrases the seed; ``measured`` states what this
+    ``statement`` is the claim under test, quoted or paraphrased; ``measured`` states what this
     run measured (with numbers); ``holds`` says whether the measurement supports
     the claim.  The report prints disagreements plainly.
     """
-    return {"claim": seed_claim, "measured": measured, "holds": bool(holds)}
+    return {"claim": statement, "measured": measured, "holds": bool(holds)}
 
 
 def progress(iterable: Iterable, enabled: bool = True, **kwargs) -> Iterable:
@@ -45,12 +45,23 @@ def write_results(out: Path, result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def subplots(*args: Any, figsize: tuple[float, float] | None = None, **kwargs: Any) -> tuple[Any, Any]:
+    """A figure and its axes, as ``matplotlib.pyplot.subplots`` makes them, but outside pyplot.
+
+    The figure belongs to no pyplot window and no GUI backend: nothing is
+    chosen or switched (no ``matplotlib.use``), so an experiment run inside a
+    notebook or a GUI session leaves its backend alone, and :func:`save_figure`
+    renders the PNG with Agg whatever the backend is.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*args, **kwargs)
+
+
 def save_figure(fig, out: Path, name: str) -> str:
-    """Save a matplotlib figure as ``out/name`` (PNG), close it, return the file name."""
+    """Save a figure from :func:`subplots` as ``out/name`` (PNG), return the file name."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     fig.savefig(out / name, dpi=110, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
     return name

@@ -1,6 +1,6 @@
-"""Experiment ``activations``: seed 001's activation zoo on XOR and on handwritten digits.
+"""Experiment ``activations``: the activation zoo on XOR and on handwritten digits.
 
-Seed 001 states, without numbers: the Cantor function with an identity
+The claims under test, first stated without numbers: the Cantor function with an identity
 backward beats the identity activation; fixed Perlin-noise activations do
 poorly compared to even ReLU; sin looks pretty efficient; a threshold forward
 trains with a sigmoid backward; polynomials are bad activations; a too complex
@@ -27,18 +27,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import matplotlib
+import torch
+from torch import Tensor, nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
-
-from blackgrad import gradiator  # noqa: E402
-from blackgrad.activations import ACTIVATIONS, cantor  # noqa: E402
-from blackgrad.experiments import _common  # noqa: E402
-from blackgrad.experiments._common import claim, save_figure, write_results  # noqa: E402
-from blackgrad.experiments.destroy_jacobian import EnsembleMLP, MemberBlocks, train_ensemble, xor_cloud  # noqa: E402
+from blackgrad import gradiator
+from blackgrad.activations import ACTIVATIONS, cantor
+from blackgrad.experiments import _common
+from blackgrad.experiments._common import claim, save_figure, subplots, write_results
+from blackgrad.experiments.destroy_jacobian import EnsembleMLP, MemberBlocks, train_ensemble, xor_cloud
 
 NAME = "activations"
 TITLE = "The activation zoo: surrogate backward passes, noise, sin, on XOR and digits"
@@ -154,7 +150,7 @@ def _plot_zoo(config: Config):
     names = list(config.activations)
     cols = min(4, len(names))
     rows = -(-len(names) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
     x = torch.linspace(-config.plot_range, config.plot_range, 1501, dtype=torch.float64)
     for ax, name in zip(axes.ravel(), names):
         y, slope = _slopes(ZOO[name]().double(), x)
@@ -171,7 +167,7 @@ def _plot_zoo(config: Config):
 
 
 def _plot_accuracy(config: Config, table: dict):
-    fig, axes = plt.subplots(1, len(TASKS), figsize=(7 * len(TASKS), 4.2))
+    fig, axes = subplots(1, len(TASKS), figsize=(7 * len(TASKS), 4.2))
     names = list(config.activations)
     surrogate = {"threshold_sigmoid", "cantor", "jeff"}
     for ax, task in zip(axes, TASKS):
@@ -190,7 +186,7 @@ def _plot_accuracy(config: Config, table: dict):
 
 
 def run(config: Config, out: Path, progress: bool = True) -> dict:
-    """Train the zoo on both tasks; write the table, figures and results; test the seed's claims."""
+    """Train the zoo on both tasks; write the table, figures and results; test the claims."""
     _check(config)
     out = Path(out)
     threads = torch.get_num_threads()

@@ -1,6 +1,6 @@
-"""Experiment ``autodiff-basics``: six ways to differentiate ``z_20(x)`` (seed 003).
+"""Experiment ``autodiff-basics``: six ways to differentiate ``z_20(x)``.
 
-The lecture's example is the recursion ``z_{n+1} = sin(z_n·x) + x``, ``z_0 = 0``,
+The example, a classic of automatic-differentiation lectures, is the recursion ``z_{n+1} = sin(z_n·x) + x``, ``z_0 = 0``,
 run for 20 steps.  We compute ``dz_20/dx`` by
 
 (a) the analytic recursion ``dz_{n+1} = cos(z_n x)(z_n + x dz_n) + 1``,
@@ -21,15 +21,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from blackgrad.experiments import _common  # noqa: E402
-from blackgrad.experiments._common import claim, save_figure, write_results  # noqa: E402
+from blackgrad.experiments import _common
+from blackgrad.experiments._common import claim, save_figure, subplots, write_results
 
 NAME = "autodiff-basics"
 TITLE = "Automatic differentiation basics: z_{n+1} = sin(z_n x) + x by six methods"
@@ -295,7 +291,7 @@ def _claims(config, worst, hs, central_err, complex_err, best) -> list[dict]:
 def _curve_figure(out: Path, config: Config) -> str:
     xs = np.linspace(*config.x_range, config.n_x)
     n = config.n_steps
-    fig, (ax_f, ax_d) = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, (ax_f, ax_d) = subplots(1, 2, figsize=(12, 4.2))
     ax_f.plot(xs, z_final(xs, n), color="k")
     ax_f.set_xlabel("x")
     ax_f.set_ylabel(rf"$z_{{{n}}}(x)$")
@@ -313,7 +309,7 @@ def _curve_figure(out: Path, config: Config) -> str:
 
 
 def _error_figure(out, hs, central_err, complex_err, config, best) -> str:
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = subplots(figsize=(6.5, 4.5))
     floor = 1e-17  # exact zeros cannot be drawn on a log axis
     ax.loglog(hs, np.maximum(central_err, floor), "b-", marker=".", label="central difference")
     ax.loglog(hs, np.maximum(complex_err, floor), "r--", marker=".", label="complex step")

@@ -1,6 +1,6 @@
-"""Experiment ``backward-architectures``: deep fully connected net vs Log-Lin-Exp as the backward model (seed 001).
+"""Experiment ``backward-architectures``: deep fully connected net vs Log-Lin-Exp as the backward model.
 
-Seed 001's title pits a deep fully connected net against Log-Lin-Exp
+The question pits a deep fully connected net against Log-Lin-Exp
 (learnable products of powers, :class:`~blackgrad.nets.LogLinExp`) as the
 model that learns a black box's backward pass from probes.  Here both sit in
 the feature net ``h(α)`` of the library's VJP model,
@@ -19,7 +19,7 @@ the feature net ``h(α)`` of the library's VJP model,
 Problems (``d = n`` inputs, ``m`` outputs, only ``∂/∂x`` is learned):
 
 * ``linear``: ``f = Ax`` (:class:`~blackgrad.devices.Linear`), ``x ~ N(0, I)``
-  — seed 001's "restoreJ on f(x) = Ax";
+  — the "restore the Jacobian" control case (``restore-jacobian``);
 * ``power``: ``f_i = Π_j x_j^{P_ij}`` with ``P_ij ∈ {−1, 0, 1}``, ``x`` log-uniform
   in ``[0.5, 2]`` — where Log-Lin-Exp should shine;
 * ``oscillators``: a small :class:`~blackgrad.devices.Oscillators` network
@@ -42,20 +42,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-import matplotlib
+import numpy as np
+import torch
+from torch import Tensor, nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
-
-from blackgrad.devices import Linear, Oscillators  # noqa: E402
-from blackgrad.estimators import LearnedVJP  # noqa: E402
-from blackgrad.estimators.base import VJPQuery  # noqa: E402
-from blackgrad.experiments import _common  # noqa: E402
-from blackgrad.experiments._common import claim, save_figure, write_results  # noqa: E402
-from blackgrad.nets import MLP, LogLinExp, LogLinExpNet  # noqa: E402
+from blackgrad.devices import Linear, Oscillators
+from blackgrad.estimators import LearnedVJP
+from blackgrad.estimators.base import VJPQuery
+from blackgrad.experiments import _common
+from blackgrad.experiments._common import claim, save_figure, subplots, write_results
+from blackgrad.nets import MLP, LogLinExp, LogLinExpNet
 
 NAME = "backward-architectures"
 TITLE = "Backward models: deep fully connected net vs Log-Lin-Exp"
@@ -294,7 +290,7 @@ def _claims(config: Config, problems: dict[str, Problem], table: list[dict]) -> 
                 lle = row[(p, a, config.width)]
                 per_seed = list(zip(lle["mean_cosine_per_seed"], mlp["mean_cosine_per_seed"]))
                 claims.append(claim(
-                    f"Deep fully connected net vs Log-Lin-Exp (seed 001's title, as a testable statement) on "
+                    f"Deep fully connected net vs Log-Lin-Exp (the question, as a testable statement) on "
                     f"{problems[p].title}: {LABELS[a]} reaches a higher gradient cosine per probe",
                     f"test cosine over {budget} probes, width {config.width}, mean of {config.seeds} seed(s) — "
                     f"{describe(p, a)}; {describe(p, 'mlp')}; holds if its mean cosine over the run is higher in "
@@ -307,7 +303,7 @@ def _claims(config: Config, problems: dict[str, Problem], table: list[dict]) -> 
 
 
 def _probes_figure(out: Path, config: Config, problems, curves, seeds) -> str:
-    fig, axes = plt.subplots(1, len(config.problems), figsize=(4.6 * len(config.problems), 3.8), squeeze=False)
+    fig, axes = subplots(1, len(config.problems), figsize=(4.6 * len(config.problems), 3.8), squeeze=False)
     for ax, p in zip(axes[0], config.problems):
         for a in config.architectures:
             # 1 − cosine on log axes: the last digits of a good fit and the first probes both show
@@ -326,7 +322,7 @@ def _probes_figure(out: Path, config: Config, problems, curves, seeds) -> str:
 
 
 def _parameters_figure(out: Path, config: Config, problems, table) -> str:
-    fig, axes = plt.subplots(1, len(config.problems), figsize=(4.6 * len(config.problems), 3.6), squeeze=False)
+    fig, axes = subplots(1, len(config.problems), figsize=(4.6 * len(config.problems), 3.6), squeeze=False)
     for ax, p in zip(axes[0], config.problems):
         for a in config.architectures:
             rows = sorted((r for r in table if (r["problem"], r["architecture"]) == (p, a)), key=lambda r: r["parameters"])

@@ -1,13 +1,13 @@
-"""Experiment ``destroy-jacobian``: how wrong can the backward pass be and still train? (seed 001)
+"""Experiment ``destroy-jacobian``: how wrong can the backward pass be and still train?
 
-Seed 001 trains fully connected nets of Linear + GELU on an XOR problem — a
-Gaussian point cloud with some labels flipped — and damages the backward pass:
-it flips the sign of random components of ``∇x`` (the gradient sent from layer
+The question, as first asked: train fully connected nets of Linear + GELU on an XOR problem — a
+Gaussian point cloud with some labels flipped — and damage the backward pass:
+flip the sign of random components of ``∇x`` (the gradient sent from layer
 to layer), of ``∇θ`` (the parameter gradients) or of ``θ`` (the weights the
-backward pass multiplies by), or keeps only their sign.  It reports that
+backward pass multiplies by), or keep only their sign.  The claims under test:
 sign-only ``∇θ`` works but sign-only ``∇x`` does not, that learning survives a
-flip probability ``p = 0.45``, suggests "intermediate values for sign keeping",
-and notes that deeper nets are unstable even without perturbation.
+flip probability ``p = 0.45``, that "intermediate values for sign keeping" are
+worth a look, and that deeper nets are unstable even without perturbation.
 
 Here, for every depth and for each target ``∇x``, ``∇θ``, ``θ``:
 
@@ -19,8 +19,8 @@ Here, for every depth and for each target ``∇x``, ``∇θ``, ``θ``:
 input of every Linear layer but the first, ``∇θ`` by
 :func:`~blackgrad.transforms.apply_to_gradients` before each optimiser step,
 ``θ`` by :func:`~blackgrad.transforms.feedback_linear` (the backward pass uses
-``T(W)`` instead of ``W`` for ``∇x``; the forward pass is exact).  The seed
-does not say at which learning rate its deep nets were unstable, so the
+``T(W)`` instead of ``W`` for ``∇x``; the forward pass is exact).  The claim
+does not say at which learning rate deep nets were unstable, so the
 unperturbed nets are also trained at every rate of ``stability_lrs``.
 
 All configurations of one depth train together as one ensemble of
@@ -37,17 +37,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-import matplotlib
+import numpy as np
+import torch
+from torch import Tensor, nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
-
-from blackgrad.experiments import _common  # noqa: E402
-from blackgrad.experiments._common import claim, save_figure, write_results  # noqa: E402
-from blackgrad.transforms import PerturbBackward, PowerSign, SignFlip, apply_to_gradients, feedback_linear  # noqa: E402
+from blackgrad.experiments import _common
+from blackgrad.experiments._common import claim, save_figure, subplots, write_results
+from blackgrad.transforms import PerturbBackward, PowerSign, SignFlip, apply_to_gradients, feedback_linear
 
 NAME = "destroy-jacobian"
 TITLE = "Destroy the Jacobian: sign flips and sign-only gradients on XOR"
@@ -300,7 +296,7 @@ def _at(sweep: dict, values: tuple[float, ...], target: str, depth: int, value: 
 
 
 def _plot_sweep(sweep: dict, values: tuple[float, ...], config: Config, xlabel: str, title: str):
-    fig, axes = plt.subplots(1, len(TARGETS), figsize=(5.2 * len(TARGETS), 4.2), sharey=True)
+    fig, axes = subplots(1, len(TARGETS), figsize=(5.2 * len(TARGETS), 4.2), sharey=True)
     for ax, (target, label) in zip(axes, TARGETS.items()):
         for depth in config.depths:
             rows = sweep[target][depth]
@@ -320,7 +316,7 @@ def _plot_sweep(sweep: dict, values: tuple[float, ...], config: Config, xlabel: 
 def _plot_training(config: Config, curves: dict):
     data = torch.Generator().manual_seed(config.seed)
     x, y, _ = xor_cloud(1, config.n_train, config.spread, config.label_noise, data)
-    fig, axes = plt.subplots(1, 1 + len(config.depths), figsize=(4.2 * (1 + len(config.depths)), 3.8))
+    fig, axes = subplots(1, 1 + len(config.depths), figsize=(4.2 * (1 + len(config.depths)), 3.8))
     axes[0].scatter(x[0, :, 0], x[0, :, 1], c=y[0], cmap="coolwarm", s=6)
     axes[0].set_title(f"training data ({config.label_noise:.0%} labels flipped)")
     axes[0].set_aspect("equal")
@@ -355,7 +351,7 @@ def _instability(curve: Tensor) -> dict:
 
 
 def _plot_stability(config: Config, stability: dict):
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = subplots(1, 2, figsize=(11, 4))
     for lr in config.stability_lrs:
         rows = [stability[d][lr] for d in config.depths]
         axes[0].errorbar(config.depths, [r["mean"] for r in rows], yerr=[r["std"] for r in rows], marker="o",
@@ -375,7 +371,7 @@ def _plot_stability(config: Config, stability: dict):
 
 
 def run(config: Config, out: Path, progress: bool = True) -> dict:
-    """Train every (depth, perturbation) configuration; write figures and results; test the seed's claims."""
+    """Train every (depth, perturbation) configuration; write figures and results; test the claims."""
     if config.optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
     out = Path(out)

@@ -1,4 +1,4 @@
-"""The HTML index report of the seed experiments: figures beside claims."""
+"""The HTML index report of the experiments: figures beside claims."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def _section(root: Path, name: str) -> str:
     parts.append(f"<p class=cmd>blackgrad run {html.escape(name)}</p>")
     claims = result.get("claims", [])
     if claims:
-        parts.append("<table><tr><th>the seed claims</th><th>we measured</th><th>verdict</th></tr>")
+        parts.append("<table><tr><th>the claim</th><th>we measured</th><th>verdict</th></tr>")
         for row in claims:
             verdict = "supported" if row["holds"] else "<b>not supported: our measurement disagrees</b>"
             css = "ok" if row["holds"] else "no"
@@ -37,7 +37,7 @@ def write_index(root: Path, names: list[str]) -> Path:
     sections = "\n".join(_section(root, name) for name in names)
     toc = " · ".join(f'<a href="#{html.escape(n)}">{html.escape(n)}</a>' for n in names)
     page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>blackgrad: the seed experiments</title>
+<html><head><meta charset="utf-8"><title>blackgrad: the experiments</title>
 <style>
 body {{ font-family: sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }}
 table {{ border-collapse: collapse; margin: 1em 0; }}
@@ -45,8 +45,8 @@ td, th {{ border: 1px solid #ccc; padding: 4px 8px; vertical-align: top; }}
 tr.no td {{ background: #fde8e8; }} tr.ok td {{ background: #eef8ee; }}
 img {{ max-width: 100%; }} .cmd {{ font-family: monospace; color: #555; }}
 </style></head><body>
-<h1>blackgrad: the seed experiments</h1>
-<p>Each section shows what a seed note claims beside what this run measured.
+<h1>blackgrad: the experiments</h1>
+<p>Each section shows a claim beside what this run measured.
 Rows in red are claims our measurement does not support.</p>
 <p>{toc}</p>
 {sections}

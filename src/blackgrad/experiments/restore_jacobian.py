@@ -1,8 +1,8 @@
-"""Experiment ``restore-jacobian``: learn the Jacobian of ``f(x) = θx`` from probes (seed 001).
+"""Experiment ``restore-jacobian``: learn the Jacobian of ``f(x) = θx`` from probes.
 
-Seed 001 trains a backward model from perturbation probes, using the scalar
+The idea: train a backward model from perturbation probes, using the scalar
 identity ``(gᵀJ)·dα = gᵀ(J dα)``: the model ``Ĵ`` is fitted so that
-``Ĵ ε ≈ s``, the slope the device shows along a random direction ``ε``.  Its
+``Ĵ ε ≈ s``, the slope the device shows along a random direction ``ε``.  The
 "restore the Jacobian" experiment helps the algorithm by giving it the
 structure of the answer — for ``f(x) = θx`` the Jacobian is the constant
 matrix ``θ`` (``dim_o × dim_i``) — so that one can watch how well ``Ĵ``
@@ -19,7 +19,7 @@ approaches ``θ``.  Its knobs:
   entries have the true entries' standard deviation ``1/√dim_i`` (so
   ``initial_messup = 1`` is a random guess of the right scale).
 
-The seed reports: at the same ``dim_sample`` in proportion, random subspace
+The claims under test: at the same ``dim_sample`` in proportion, random subspace
 sampling works better at higher dimension; the loss can go up while the sign
 of every Jacobian entry keeps improving; cosine similarity cannot see scale.
 
@@ -49,20 +49,16 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import matplotlib
+from matplotlib import colormaps, ticker
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib import ticker  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from blackgrad.devices import Linear  # noqa: E402
-from blackgrad.estimators import LearnedJacobian  # noqa: E402
-from blackgrad.estimators.base import VJPQuery  # noqa: E402
-from blackgrad.experiments import _common  # noqa: E402
-from blackgrad.experiments._common import claim, save_figure, write_results  # noqa: E402
-from blackgrad.nets import ConstantJacobian  # noqa: E402
+from blackgrad.devices import Linear
+from blackgrad.estimators import LearnedJacobian
+from blackgrad.estimators.base import VJPQuery
+from blackgrad.experiments import _common
+from blackgrad.experiments._common import claim, save_figure, subplots, write_results
+from blackgrad.nets import ConstantJacobian
 
 NAME = "restore-jacobian"
 TITLE = "Restore the Jacobian of f(x) = θx from random-subspace probes"
@@ -122,10 +118,10 @@ class RunSpec:
     loss: str
     messup: float
     lr: float
-    fixed_epochs: int | None = None  # None: seed 001's normalisation
+    fixed_epochs: int | None = None  # None: the same probes per Jacobian entry
 
     def epochs(self, config: Config) -> int:
-        """``fixed_epochs``, or seed 001's ``∝ dim_i·dim_o / dim_sample``: the same probes per entry for every run."""
+        """``fixed_epochs``, or ``∝ dim_i·dim_o / dim_sample``: the same probes per entry for every run."""
         if self.fixed_epochs is not None:
             return self.fixed_epochs
         return max(1, math.ceil(config.probes_per_entry / config.batch * self.dim_i * self.dim_o / self.dim_sample))
@@ -256,7 +252,7 @@ def run(config: Config, out: Path, progress: bool = True) -> dict:
 def _sampling_table(config: Config, sampling, curves) -> list[dict]:
     """Per sampling run: final errors, and the error after as many Adam steps as the low-dimensional run took.
 
-    With seed 001's normalisation a run takes ``∝ dim_o / fraction`` steps, so a
+    With that normalisation (the same probes per entry) a run takes ``∝ dim_o / fraction`` steps, so a
     larger run has also taken more optimiser steps; the second number removes
     that difference.
     """
@@ -297,6 +293,19 @@ def _fmt_dims(n: int, m: int) -> str:
 
 
 def _claims(config: Config, sampling_table, scale, curves, rises) -> list[dict]:
+    """Every claim of the experiment, in the order of the report."""
+    final, sizes = _final_at_default_lr(config, scale, curves)
+    return [
+        *_sampling_claims(config, sampling_table),
+        _loss_rise_claim(config, curves, rises),
+        *_cosine_scale_claim(config, final, sizes),
+        *_mse_messup_claims(config, final, sizes),
+        *_summed_losses_claim(config, final, sizes),
+    ]
+
+
+def _sampling_claims(config: Config, sampling_table) -> list[dict]:
+    """Random subspace sampling works better at higher dimension, and why (the probes, not the steps)."""
     claims = []
     low, high = config.low, config.high
     table = {(tuple(r["dims"]), r["fraction"]): r for r in sampling_table}
@@ -322,12 +331,16 @@ def _claims(config: Config, sampling_table, scale, curves, rises) -> list[dict]:
             + f" (the whole {_fmt_dims(*high)} runs take {high[1] / low[1]:g}× as many steps); holds if the "
               "high-dimensional error is ≥ 20 % lower at every fraction at equal steps",
             all(b["relative_error_at_low_steps"] < 0.8 * a["final_relative_error"] for a, b in pairs.values())))
+    return claims
 
+
+def _loss_rise_claim(config: Config, curves, rises) -> dict:
+    """The loss can rise while the signs of Ĵ keep improving: the events found."""
     found = {spec: event for spec, event in rises.items() if event is not None}
     default = [spec for spec in curves if spec.lr == config.lr]
     default_found = [spec for spec in default if spec in found]
     examples = sorted(found.items(), key=lambda item: item[1]["sign_from"] - item[1]["sign_to"])[:3]
-    claims.append(claim(
+    return claim(
         "The loss can go up while the sign of the Jacobian's components keeps improving",
         f"event := epochs a < b where the training loss (log-mean over {config.rise_window} epochs) is "
         f"≥ {1 + config.rise_min:g}× higher at b than at a while the fraction of entries of Ĵ with the right sign "
@@ -338,12 +351,21 @@ def _claims(config: Config, sampling_table, scale, curves, rises) -> list[dict]:
         + ("; largest: " + "; ".join(
             f"{spec.label()}: epochs {e['start']}–{e['end']}, loss ×{e['loss_ratio']:.2f}, signs "
             f"{e['sign_from']:.3f} → {e['sign_to']:.3f}" for spec, e in examples) if examples else ""),
-        bool(found)))
+        bool(found))
 
+
+def _final_at_default_lr(config: Config, scale, curves) -> tuple[dict, list]:
+    """The final metrics of the scale runs at the default learning rate, and their (dim_i, dim_o) sizes."""
     at_default = [spec for spec in scale if spec.lr == config.lr]
     final = {(s.dim_i, s.dim_o, s.loss, s.messup): {key: curves[s][key][-1] for key in METRICS} for s in at_default}
     sizes = list(dict.fromkeys((s.dim_i, s.dim_o) for s in at_default))
+    return final, sizes
+
+
+def _cosine_scale_claim(config: Config, final: dict, sizes: list) -> list[dict]:
+    """Cosine similarity cannot see scale (no claim when the cosine or MSE runs are absent)."""
     messups = sorted(config.messups)
+    claims = []
     if {"cosine", "mse"} <= set(config.losses) and sizes:
         cosine = {(size, mu): (final[(*size, "cosine", mu)], final[(*size, "mse", mu)]) for size in sizes for mu in messups}
         mse_restored = [abs(m["scale_ratio"] - 1) < 0.1 for (size, mu), (_, m) in cosine.items() if mu <= 1]
@@ -355,6 +377,13 @@ def _claims(config: Config, sampling_table, scale, curves, rises) -> list[dict]:
             + "; holds if every cosine run's norm ends ≥ 10 % off while MSE, from every initial scale ≤ 1, ends "
               "within 10 %",
             all(abs(c["scale_ratio"] - 1) > 0.1 for c, _ in cosine.values()) and bool(mse_restored) and all(mse_restored)))
+    return claims
+
+
+def _mse_messup_claims(config: Config, final: dict, sizes: list) -> list[dict]:
+    """MSE sees the scale, but badly from a wrong initial scale: one claim per initial_messup ≠ 1."""
+    messups = sorted(config.messups)
+    claims = []
     if "mse" in config.losses and 1.0 in messups and sizes:
         for mu in [mu for mu in messups if mu != 1.0]:
             rows = {size: (final[(*size, "mse", 1.0)], final[(*size, "mse", mu)], final.get((*size, "cosine", mu)))
@@ -369,6 +398,13 @@ def _claims(config: Config, sampling_table, scale, curves, rises) -> list[dict]:
                             for size, (good, bad, cos) in rows.items())
                 + "; holds if the error is ≥ 10× larger than from the right scale at every size",
                 all(bad["relative_error"] >= 10 * good["relative_error"] for good, bad, _ in rows.values())))
+    return claims
+
+
+def _summed_losses_claim(config: Config, final: dict, sizes: list) -> list[dict]:
+    """1 − cos + MSE has a single minimum: the full Jacobian, scale included."""
+    messups = sorted(config.messups)
+    claims = []
     if {"mse", "mse+cosine"} <= set(config.losses) and sizes:
         both = {(size, mu): (final[(*size, "mse+cosine", mu)], final[(*size, "mse", mu)]) for size in sizes for mu in messups}
         small = [pair for (size, mu), pair in both.items() if mu <= 1]
@@ -386,12 +422,12 @@ def _claims(config: Config, sampling_table, scale, curves, rises) -> list[dict]:
 
 
 def _colors(count: int):
-    return plt.cm.viridis(np.linspace(0, 0.85, max(count, 1)))
+    return colormaps["viridis"](np.linspace(0, 0.85, max(count, 1)))
 
 
 def _curves_figure(out: Path, config: Config, sampling, curves) -> str:
     panels = list(dict.fromkeys((config.low, config.high)))
-    fig, axes = plt.subplots(3, len(panels), figsize=(4.8 * len(panels), 7.5), squeeze=False, sharex="col")
+    fig, axes = subplots(3, len(panels), figsize=(4.8 * len(panels), 7.5), squeeze=False, sharex="col")
     for column, dims in enumerate(panels):
         specs = [s for s in sampling if (s.dim_i, s.dim_o) == dims]
         for spec, color in zip(specs, _colors(len(specs))):
@@ -412,7 +448,7 @@ def _curves_figure(out: Path, config: Config, sampling, curves) -> str:
 
 
 def _sampling_summary_figure(out: Path, config: Config, sampling_table) -> str:
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     sizes = list(dict.fromkeys(tuple(r["dims"]) for r in sampling_table))
     for size, color in zip(sizes, _colors(len(sizes))):
         rows = [r for r in sampling_table if tuple(r["dims"]) == size]
@@ -435,7 +471,7 @@ def _sampling_summary_figure(out: Path, config: Config, sampling_table) -> str:
 def _scale_figure(out: Path, config: Config, scale, curves) -> str:
     size = tuple(config.scale_dims[-1])
     specs = [s for s in scale if (s.dim_i, s.dim_o) == size and s.lr == config.lr]
-    fig, (ax_direction, ax_scale) = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    fig, (ax_direction, ax_scale) = subplots(1, 2, figsize=(11, 4.2), sharex=True)
     colors = dict(zip(LOSSES, ("tab:blue", "tab:red", "tab:green")))
     styles = dict(zip(sorted(config.messups), ("--", "-", ":", "-.")))
     for spec in specs:
@@ -457,7 +493,7 @@ def _scale_figure(out: Path, config: Config, scale, curves) -> str:
 
 def _rise_figure(out: Path, curves, rises) -> str:
     found = [(spec, event) for spec, event in rises.items() if event is not None]
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    fig, ax = subplots(figsize=(6, 3.8))
     if not found:
         ax.text(0.5, 0.5, "no stretch of rising loss with improving signs found", ha="center", va="center")
         ax.set_axis_off()
