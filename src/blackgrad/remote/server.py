@@ -1,0 +1,355 @@
+"""The server in front of one device: any number of clients, one evaluation at a time.
+
+Two threads share the work.  The *I/O thread* owns the ZeroMQ ROUTER socket:
+it reads every message as it arrives, refuses those without the token,
+answers status requests and malformed messages at once, replays a reply it
+still remembers, and puts evaluation requests on one FIFO queue.  The
+*device loop* — the thread that called :meth:`Server.run`, usually the main
+thread, where the factory built the device (some instrument drivers insist
+on it) — takes one request at a time from that queue, evaluates it, and
+hands the reply back to the I/O thread.  So the device sees exactly one
+evaluation at a time, in arrival order, whatever the number of clients.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hmac
+import json
+import queue
+import secrets
+import sys
+import threading
+import time
+import traceback
+from typing import Any, Callable
+
+import numpy as np
+import zmq
+
+from .errors import ProtocolError
+from .protocol import encode, parse_arrays, parse_header, wire_array
+
+#: the longest client id accepted (clients send a 32-character uuid)
+MAX_CLIENT_ID = 128
+
+
+@dataclasses.dataclass
+class ServerLedger:
+    """What a server did, answered by every status request.
+
+    Attributes:
+        samples: samples the device evaluated in calls that returned.
+        calls: calls made to the device (those that raised included).
+        seconds: wall time spent inside the device.
+        errors: device calls that raised or returned something that is not an array.
+        refusals: requests refused for a missing or wrong token (nothing evaluated).
+        malformed: messages that broke the wire format (answered with an error, nothing evaluated).
+        replayed: resent requests answered from memory or joined to their evaluation in progress,
+            instead of being evaluated again.
+    """
+
+    samples: int = 0
+    calls: int = 0
+    seconds: float = 0.0
+    errors: int = 0
+    refusals: int = 0
+    malformed: int = 0
+    replayed: int = 0
+
+
+class Server:
+    """Serves ``device`` on ``tcp://host:port``; :meth:`run` blocks and evaluates.
+
+    Args:
+        device: ``device(x)`` or ``device(x, theta)``, as for
+            :class:`~blackgrad.BlackBox`: a batch ``x`` of shape ``(B, ...)``
+            (and a flat θ when the client sends one) in, a batch out.
+        port: the TCP port; 0 picks a free one (see :attr:`address`).
+        host: the interface to listen on: ``127.0.0.1`` (this machine only)
+            unless told otherwise, e.g. ``0.0.0.0`` for every interface.
+        token: the shared secret every request must carry; ``None``
+            generates one with :mod:`secrets` (see :attr:`token`).
+        numpy: hand the device numpy arrays instead of torch tensors.
+        name: how the status and messages name the device.
+        replay_cache: how many recent replies are remembered, by (client,
+            request id), to answer a request resent after a lost reply.  A
+            client only ever resends its latest request, so this is the
+            number of clients that can lose a reply at the same time.
+        max_message_bytes: larger messages are dropped by ZeroMQ (and their
+            connection closed) before they reach memory.
+        drop_replies: a fault-injection hook for tests: the first this many
+            evaluation replies are computed and remembered but not sent, as
+            if the network had lost them.
+    """
+
+    def __init__(
+        self,
+        device: Callable[..., Any],
+        port: int = 5555,
+        host: str = "127.0.0.1",
+        token: str | None = None,
+        *,
+        numpy: bool = False,
+        name: str | None = None,
+        replay_cache: int = 64,
+        max_message_bytes: int = 2**30,
+        drop_replies: int = 0,
+    ) -> None:
+        if not callable(device):
+            raise TypeError(f"serve needs a callable device, got {type(device).__name__}")
+        if not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ValueError(f"port must be an int in 0..65535 (0: any free port), got {port!r}")
+        if token is not None and (not isinstance(token, str) or not token):
+            raise ValueError("token must be a non-empty string, or None to generate one")
+        if not isinstance(replay_cache, int) or replay_cache < 1:
+            raise ValueError(f"replay_cache must be a positive int, got {replay_cache!r}")
+        self.device = device
+        self.numpy = numpy
+        self.name = name or getattr(device, "name", None) or getattr(device, "__name__", None) or type(device).__name__
+        self.token = token if token is not None else secrets.token_urlsafe(24)
+        self.token_generated = token is None
+        self.ledger = ServerLedger()
+        self._lock = threading.Lock()  # the ledger is written by both threads
+        self._replay_size = replay_cache
+        self._drop = drop_replies
+        self._jobs: queue.Queue = queue.Queue()
+        self._done: collections.deque = collections.deque()
+        self._busy = False
+        self._stop = threading.Event()
+        # I/O-thread state: who waits for which request, and the replies remembered
+        self._pending: dict[tuple[str, int], bytes] = {}
+        self._replies: collections.OrderedDict[tuple[str, int], list[Any]] = collections.OrderedDict()
+
+        self._context = zmq.Context()
+        self._router = self._context.socket(zmq.ROUTER)
+        self._router.setsockopt(zmq.LINGER, 0)
+        self._router.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        try:
+            if port == 0:
+                self._router.bind(f"tcp://{host}:*")
+            else:
+                self._router.bind(f"tcp://{host}:{port}")
+        except zmq.ZMQError as err:
+            self._context.destroy(linger=0)
+            raise OSError(
+                f"cannot listen on tcp://{host}:{port}: {err} (is another server using the port? choose another "
+                "with port=/--port; is the host an address of this machine?)"
+            ) from None
+        self.address = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.port = int(self.address.rsplit(":", 1)[1])
+        # the device loop wakes the I/O thread through this pair when a reply is ready
+        wake = f"inproc://blackgrad-serve-{id(self)}"
+        self._wake_in = self._context.socket(zmq.PAIR)
+        self._wake_in.bind(wake)
+        self._wake_out = self._context.socket(zmq.PAIR)
+        self._wake_out.connect(wake)
+        self._io = threading.Thread(target=self._io_loop, name="blackgrad-serve-io", daemon=True)
+
+    # ------------------------------------------------------------------ public
+    def run(self) -> ServerLedger:
+        """Serve until :meth:`stop` (or Ctrl-C); returns the ledger.  The device runs in this thread."""
+        self._io.start()
+        try:
+            while not self._stop.is_set():
+                try:
+                    key, arrays = self._jobs.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                self._done.append((key, self._evaluate(arrays)))
+                self._wake_out.send(b"")
+        finally:
+            self._stop.set()
+            self._io.join(timeout=5)
+            self._context.destroy(linger=0)
+        return self.ledger
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return (from any thread); the evaluation in progress finishes first."""
+        self._stop.set()
+
+    def status(self) -> dict[str, Any]:
+        """The ledger, the queue and the device's name, as a status request answers them."""
+        with self._lock:
+            counts = dataclasses.asdict(self.ledger)
+        return dict(counts, queue=self._jobs.qsize(), busy=self._busy, device=self.name)
+
+    # ---------------------------------------------------------- device loop
+    def _evaluate(self, arrays: list[np.ndarray]) -> list[Any]:
+        """One device call; the reply's frames (the output, or the device's error)."""
+        args: tuple[Any, ...] = tuple(arrays)
+        if not self.numpy:
+            import torch
+
+            args = tuple(torch.from_numpy(a) for a in args)
+        self._busy = True
+        start = time.perf_counter()
+        try:
+            output = wire_array(self.device(*args), "the device's output")
+        except Exception as err:  # the device's failure is the client's to hear, not the server's end
+            traceback.print_exc(file=sys.stderr)
+            with self._lock:
+                self.ledger.calls += 1
+                self.ledger.errors += 1
+                self.ledger.seconds += time.perf_counter() - start
+            return encode({"ok": False, "error": "device", "type": type(err).__name__, "message": str(err)})
+        finally:
+            self._busy = False
+        with self._lock:
+            self.ledger.calls += 1
+            self.ledger.samples += int(arrays[0].shape[0])
+            self.ledger.seconds += time.perf_counter() - start
+        return encode({"ok": True}, [output])
+
+    # ------------------------------------------------------------ I/O thread
+    def _io_loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._router, zmq.POLLIN)
+        poller.register(self._wake_in, zmq.POLLIN)
+        while not self._stop.is_set():
+            events = dict(poller.poll(100))
+            if self._wake_in in events:
+                self._wake_in.recv()
+                while self._done:
+                    self._send_result(*self._done.popleft())
+            if self._router in events:
+                frames = self._router.recv_multipart(copy=False)
+                identity, body = frames[0].bytes, frames[1:]
+                try:
+                    self._handle(identity, body)
+                except Exception:  # a bug answering one message must not end the service
+                    traceback.print_exc(file=sys.stderr)
+
+    def _handle(self, identity: bytes, body: list[Any]) -> None:
+        if not body:
+            self._malformed(identity, None, "an empty message")
+            return
+        try:
+            header = parse_header(body[0].buffer)
+        except ProtocolError as err:
+            self._malformed(identity, None, str(err))
+            return
+        request_id = header.get("id")
+        given = header.get("token")
+        if not isinstance(given, str) or not hmac.compare_digest(given.encode(), self.token.encode()):
+            with self._lock:
+                self.ledger.refusals += 1
+            reason = "no token" if given is None else "a wrong token"
+            self._reply(identity, {"id": request_id, "ok": False, "error": "refused", "message": f"the request carried {reason}"})
+            return
+        op = header.get("op")
+        if op == "status":
+            self._reply(identity, {"id": request_id, "ok": True, "status": self.status()})
+            return
+        if op != "eval":
+            self._malformed(identity, request_id, f"unknown op {op!r}; expected 'eval' or 'status'")
+            return
+        client = header.get("client")
+        if not isinstance(client, str) or not 0 < len(client) <= MAX_CLIENT_ID:
+            self._malformed(identity, request_id, f"'client' must be a string of 1 to {MAX_CLIENT_ID} characters")
+            return
+        if not isinstance(request_id, int) or isinstance(request_id, bool):
+            self._malformed(identity, request_id, "'id' must be an integer")
+            return
+        key = (client, request_id)
+        if key in self._replies:  # a resend after a lost reply: answer from memory
+            with self._lock:
+                self.ledger.replayed += 1
+            self._replies.move_to_end(key)
+            self._router.send_multipart([identity, *self._replies[key]], copy=False)
+            return
+        if key in self._pending:  # a resend while it waits or runs: answer the newest connection when done
+            with self._lock:
+                self.ledger.replayed += 1
+            self._pending[key] = identity
+            return
+        try:
+            arrays = parse_arrays(header, body[1:])
+        except ProtocolError as err:
+            self._malformed(identity, request_id, str(err))
+            return
+        if len(arrays) not in (1, 2) or arrays[0].ndim == 0 or (len(arrays) == 2 and arrays[1].ndim != 1):
+            shapes = [tuple(a.shape) for a in arrays]
+            self._malformed(identity, request_id, f"an evaluation sends x (B, ...) and optionally a flat theta, got shapes {shapes}")
+            return
+        self._pending[key] = identity
+        self._jobs.put((key, arrays))
+
+    def _send_result(self, key: tuple[str, int], frames: list[Any]) -> None:
+        header = json.loads(bytes(frames[0]))
+        header["id"] = key[1]
+        frames = [json.dumps(header).encode(), *frames[1:]]
+        identity = self._pending.pop(key)
+        self._replies[key] = frames
+        while len(self._replies) > self._replay_size:
+            self._replies.popitem(last=False)
+        if self._drop > 0:  # the fault-injection hook: as if this reply were lost on the way
+            self._drop -= 1
+            return
+        # a client that left meanwhile is no longer routable: ROUTER drops the reply, and we go on
+        self._router.send_multipart([identity, *frames], copy=False)
+
+    def _reply(self, identity: bytes, header: dict[str, Any]) -> None:
+        self._router.send_multipart([identity, *encode(header)], copy=False)
+
+    def _malformed(self, identity: bytes, request_id: Any, message: str) -> None:
+        with self._lock:
+            self.ledger.malformed += 1
+        if not isinstance(request_id, (int, str)) or isinstance(request_id, bool):
+            request_id = None
+        self._reply(identity, {"id": request_id, "ok": False, "error": "malformed", "message": message})
+
+
+def serve(
+    device: Callable[..., Any],
+    port: int = 5555,
+    host: str = "127.0.0.1",
+    token: str | None = None,
+    *,
+    numpy: bool = False,
+    name: str | None = None,
+    replay_cache: int = 64,
+    drop_replies: int = 0,
+    announce: Callable[[str], None] | None = print,
+) -> ServerLedger:
+    """Serve ``device`` to the network until interrupted (Ctrl-C); returns the server's ledger.
+
+    The device runs in the calling thread, one evaluation at a time, in the
+    order requests arrive.  Clients connect with
+    :class:`~blackgrad.remote.RemoteDevice` and must send the token: the one
+    given, or — when ``token`` is None — one generated here and printed at
+    start.  ``announce`` receives the start-up lines (address, token,
+    advice); None prints nothing.  The other arguments are :class:`Server`'s.
+
+    Example (on the lab PC)::
+
+        from blackgrad.remote import serve
+        serve(camera, port=5555, numpy=True)   # prints the address and the token
+    """
+    server = Server(
+        device, port, host, token, numpy=numpy, name=name, replay_cache=replay_cache, drop_replies=drop_replies
+    )
+    if announce is not None:
+        for line in startup_lines(server, host):
+            announce(line)
+    try:
+        return server.run()
+    except KeyboardInterrupt:
+        return server.ledger
+
+
+def startup_lines(server: Server, host: str) -> list[str]:
+    """What a starting server tells its operator: where it listens, the token, and the exposure."""
+    lines = [f"blackgrad: serving {server.name} at {server.address}"]
+    if server.token_generated:
+        lines.append(f"token: {server.token}")
+        lines.append("(clients pass it as RemoteDevice(address, token=...); give --token/token= to keep one across restarts)")
+    else:
+        lines.append("token: as given")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        lines.append(
+            f"listening on {host}, not only this machine: let the firewall admit port {server.port} from the "
+            "trainer's address alone; the token travels unencrypted, so outside a trusted network use an SSH tunnel"
+        )
+    return lines
