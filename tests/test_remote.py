@@ -470,3 +470,28 @@ def test_serve_command_reports_a_port_in_use(server):
     result = CliRunner().invoke(app, ["serve", "remote_devices:make_tanh", "--port", str(server.port), "--app-dir", str(TESTS)])
     assert result.exit_code == 2
     assert re.search(rf"cannot listen on tcp://127\.0\.0\.1:{server.port}: .*another server using the port", result.output)
+
+
+# ------------------------------------------------------------------- docs
+def test_remote_device_doc_example_runs_on_localhost(serve_process, tmp_path, monkeypatch, capsys):
+    """docs/remote-device.md as written: its lab file, its serve command and its trainer, on a free port."""
+    import shlex
+
+    text = (ROOT / "docs" / "remote-device.md").read_text()
+    lab_file, trainer = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    (command,) = [line for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S) for line in block.splitlines()
+                  if line.startswith("blackgrad serve")]
+    (tmp_path / "lab_devices.py").write_text(lab_file)
+    words = shlex.split(command)[2:]
+    at = words.index("--port")
+    assert words[at + 1] == "5555" and '"tcp://127.0.0.1:5555"' in trainer
+    port = free_port()
+    served = serve_process(*(words[:at] + words[at + 2 :]), port=port, token=None, cwd=tmp_path)  # the printed token
+    monkeypatch.setenv("BLACKGRAD_TOKEN", served.token)
+    namespace = {"__name__": "__doc_example__"}
+    exec(compile(trainer.replace("5555", str(port)), "remote-device.md", "exec"), namespace)
+    physical, device, status = namespace["physical"], namespace["device"], namespace["status"]
+    assert "Ledger(" in capsys.readouterr().out
+    assert namespace["loss"].item() < 0.65  # the sign of a product: chance level is an MSE near 1
+    assert status["samples"] == device.calls.samples == physical.calls.total == 60 * 256 * (1 + 2 * 4)
+    assert status["refusals"] == status["errors"] == status["malformed"] == 0
