@@ -1,14 +1,16 @@
 """The server in front of one device: any number of clients, one evaluation at a time.
 
-Two threads share the work.  The *I/O thread* owns the ZeroMQ ROUTER socket:
-it reads every message as it arrives, refuses those without the token,
-answers status requests and malformed messages at once, replays a reply it
-still remembers, and puts evaluation requests on one FIFO queue.  The
-*device loop* — the thread that called :meth:`Server.run`, usually the main
-thread, where the factory built the device (some instrument drivers insist
-on it) — takes one request at a time from that queue, evaluates it, and
-hands the reply back to the I/O thread.  So the device sees exactly one
-evaluation at a time, in arrival order, whatever the number of clients.
+One loop, in the thread that called :meth:`Server.run` (usually the main
+thread, where the factory built the device: some instrument drivers insist
+on it), owns the ZeroMQ ROUTER socket and the device.  It takes in every
+message that has arrived — refusing those without the token, answering
+status requests and malformed messages, replaying a reply it still
+remembers, and appending evaluation requests to one FIFO queue — and then
+evaluates the oldest request.  So the device sees exactly one evaluation at a
+time, in arrival order, whatever the number of clients; a status request is
+answered between two evaluations.  One thread means no hand-over between
+threads on the way from the socket to the device and back, which is most of
+what a round trip on one machine costs.
 """
 
 from __future__ import annotations
@@ -16,8 +18,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hmac
-import json
-import queue
 import secrets
 import sys
 import threading
@@ -33,6 +33,8 @@ from .protocol import encode, parse_arrays, parse_header, wire_array
 
 #: the longest client id accepted (clients send a 32-character uuid)
 MAX_CLIENT_ID = 128
+#: the most messages taken in between two evaluations (a flood of them must not starve the device)
+MAX_INTAKE = 1000
 
 
 @dataclasses.dataclass
@@ -111,14 +113,11 @@ class Server:
         self.token = token if token is not None else secrets.token_urlsafe(24)
         self.token_generated = token is None
         self.ledger = ServerLedger()
-        self._lock = threading.Lock()  # the ledger is written by both threads
         self._replay_size = replay_cache
         self._drop = drop_replies
-        self._jobs: queue.Queue = queue.Queue()
-        self._done: collections.deque = collections.deque()
-        self._busy = False
         self._stop = threading.Event()
-        # I/O-thread state: who waits for which request, and the replies remembered
+        self._queue: collections.deque[tuple[tuple[str, int], list[np.ndarray]]] = collections.deque()
+        # who waits for each queued request (the newest connection it came on), and the replies remembered
         self._pending: dict[tuple[str, int], bytes] = {}
         self._replies: collections.OrderedDict[tuple[str, int], list[Any]] = collections.OrderedDict()
 
@@ -139,29 +138,28 @@ class Server:
             ) from None
         self.address = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.port = int(self.address.rsplit(":", 1)[1])
-        # the device loop wakes the I/O thread through this pair when a reply is ready
-        wake = f"inproc://blackgrad-serve-{id(self)}"
-        self._wake_in = self._context.socket(zmq.PAIR)
-        self._wake_in.bind(wake)
-        self._wake_out = self._context.socket(zmq.PAIR)
-        self._wake_out.connect(wake)
-        self._io = threading.Thread(target=self._io_loop, name="blackgrad-serve-io", daemon=True)
 
     # ------------------------------------------------------------------ public
     def run(self) -> ServerLedger:
         """Serve until :meth:`stop` (or Ctrl-C); returns the ledger.  The device runs in this thread."""
-        self._io.start()
         try:
             while not self._stop.is_set():
-                try:
-                    key, arrays = self._jobs.get(timeout=0.1)
-                except queue.Empty:
-                    continue
-                self._done.append((key, self._evaluate(arrays)))
-                self._wake_out.send(b"")
+                # take in what has arrived (waiting a little only when there is nothing to do) ...
+                wait = 0 if self._queue else 100
+                for _ in range(MAX_INTAKE):
+                    if not self._router.poll(wait, zmq.POLLIN):
+                        break
+                    wait = 0
+                    frames = self._router.recv_multipart(copy=False)
+                    try:
+                        self._handle(frames[0].bytes, frames[1:])
+                    except Exception:  # a bug answering one message must not end the service
+                        traceback.print_exc(file=sys.stderr)
+                # ... then evaluate the oldest request
+                if self._queue:
+                    key, arrays = self._queue.popleft()
+                    self._send_result(key, self._evaluate(key[1], arrays))
         finally:
-            self._stop.set()
-            self._io.join(timeout=5)
             self._context.destroy(linger=0)
         return self.ledger
 
@@ -170,56 +168,30 @@ class Server:
         self._stop.set()
 
     def status(self) -> dict[str, Any]:
-        """The ledger, the queue and the device's name, as a status request answers them."""
-        with self._lock:
-            counts = dataclasses.asdict(self.ledger)
-        return dict(counts, queue=self._jobs.qsize(), busy=self._busy, device=self.name)
+        """The ledger, the number of requests waiting and the device's name, as a status request answers them."""
+        return dict(dataclasses.asdict(self.ledger), queue=len(self._queue), device=self.name)
 
-    # ---------------------------------------------------------- device loop
-    def _evaluate(self, arrays: list[np.ndarray]) -> list[Any]:
+    # --------------------------------------------------------------- internal
+    def _evaluate(self, request_id: int, arrays: list[np.ndarray]) -> list[Any]:
         """One device call; the reply's frames (the output, or the device's error)."""
         args: tuple[Any, ...] = tuple(arrays)
         if not self.numpy:
             import torch
 
             args = tuple(torch.from_numpy(a) for a in args)
-        self._busy = True
         start = time.perf_counter()
         try:
             output = wire_array(self.device(*args), "the device's output")
         except Exception as err:  # the device's failure is the client's to hear, not the server's end
             traceback.print_exc(file=sys.stderr)
-            with self._lock:
-                self.ledger.calls += 1
-                self.ledger.errors += 1
-                self.ledger.seconds += time.perf_counter() - start
-            return encode({"ok": False, "error": "device", "type": type(err).__name__, "message": str(err)})
-        finally:
-            self._busy = False
-        with self._lock:
             self.ledger.calls += 1
-            self.ledger.samples += int(arrays[0].shape[0])
+            self.ledger.errors += 1
             self.ledger.seconds += time.perf_counter() - start
-        return encode({"ok": True}, [output])
-
-    # ------------------------------------------------------------ I/O thread
-    def _io_loop(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self._router, zmq.POLLIN)
-        poller.register(self._wake_in, zmq.POLLIN)
-        while not self._stop.is_set():
-            events = dict(poller.poll(100))
-            if self._wake_in in events:
-                self._wake_in.recv()
-                while self._done:
-                    self._send_result(*self._done.popleft())
-            if self._router in events:
-                frames = self._router.recv_multipart(copy=False)
-                identity, body = frames[0].bytes, frames[1:]
-                try:
-                    self._handle(identity, body)
-                except Exception:  # a bug answering one message must not end the service
-                    traceback.print_exc(file=sys.stderr)
+            return encode({"id": request_id, "ok": False, "error": "device", "type": type(err).__name__, "message": str(err)})
+        self.ledger.calls += 1
+        self.ledger.samples += int(arrays[0].shape[0])
+        self.ledger.seconds += time.perf_counter() - start
+        return encode({"id": request_id, "ok": True}, [output])
 
     def _handle(self, identity: bytes, body: list[Any]) -> None:
         if not body:
@@ -233,8 +205,7 @@ class Server:
         request_id = header.get("id")
         given = header.get("token")
         if not isinstance(given, str) or not hmac.compare_digest(given.encode(), self.token.encode()):
-            with self._lock:
-                self.ledger.refusals += 1
+            self.ledger.refusals += 1
             reason = "no token" if given is None else "a wrong token"
             self._reply(identity, {"id": request_id, "ok": False, "error": "refused", "message": f"the request carried {reason}"})
             return
@@ -254,14 +225,12 @@ class Server:
             return
         key = (client, request_id)
         if key in self._replies:  # a resend after a lost reply: answer from memory
-            with self._lock:
-                self.ledger.replayed += 1
+            self.ledger.replayed += 1
             self._replies.move_to_end(key)
             self._router.send_multipart([identity, *self._replies[key]], copy=False)
             return
-        if key in self._pending:  # a resend while it waits or runs: answer the newest connection when done
-            with self._lock:
-                self.ledger.replayed += 1
+        if key in self._pending:  # a resend while it waits: answer the newest connection when its turn comes
+            self.ledger.replayed += 1
             self._pending[key] = identity
             return
         try:
@@ -274,12 +243,9 @@ class Server:
             self._malformed(identity, request_id, f"an evaluation sends x (B, ...) and optionally a flat theta, got shapes {shapes}")
             return
         self._pending[key] = identity
-        self._jobs.put((key, arrays))
+        self._queue.append((key, arrays))
 
     def _send_result(self, key: tuple[str, int], frames: list[Any]) -> None:
-        header = json.loads(bytes(frames[0]))
-        header["id"] = key[1]
-        frames = [json.dumps(header).encode(), *frames[1:]]
         identity = self._pending.pop(key)
         self._replies[key] = frames
         while len(self._replies) > self._replay_size:
@@ -294,8 +260,7 @@ class Server:
         self._router.send_multipart([identity, *encode(header)], copy=False)
 
     def _malformed(self, identity: bytes, request_id: Any, message: str) -> None:
-        with self._lock:
-            self.ledger.malformed += 1
+        self.ledger.malformed += 1
         if not isinstance(request_id, (int, str)) or isinstance(request_id, bool):
             request_id = None
         self._reply(identity, {"id": request_id, "ok": False, "error": "malformed", "message": message})
