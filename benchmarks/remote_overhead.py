@@ -8,12 +8,12 @@
 2. Training throughput: a small classifier around ``BlackBox(SHG())`` whose
    every call takes 1 ms more (``time.sleep``, an instrument's latency),
    trained locally and through a served copy, with the default estimator
-   and with ``SPSA(directions=4)``; rounds alternate local / remote.
+   and with ``SPSA(directions=4)``; local and remote steps alternate.
    Target: remote ≥ 80 % of local steps per second.
 
 Both processes run torch on one thread.
 
-    python benchmarks/remote_overhead.py [--calls 500] [--steps 30] [--rounds 3]
+    python benchmarks/remote_overhead.py [--calls 500] [--steps 60]
 """
 
 from __future__ import annotations
@@ -133,6 +133,7 @@ def round_trip(calls: int) -> None:
 
 
 def make_model(fun, estimator_name: str, seed: int = 0):
+    """The classifier around ``BlackBox(fun)``; the same seed gives local and remote the same start."""
     torch.manual_seed(seed)
     estimator = SPSA(directions=4) if estimator_name == "SPSA(directions=4)" else None
     box = bg.BlackBox(fun, estimator)
@@ -140,64 +141,67 @@ def make_model(fun, estimator_name: str, seed: int = 0):
     return model, box, torch.optim.Adam(model.parameters(), lr=1e-2)
 
 
-def steps_per_second(fun, estimator_name: str, steps: int) -> tuple[float, float]:
-    """(steps per second, device calls per step) over ``steps`` steps after one warm-up (calibration) step."""
-    model, box, optimiser = make_model(fun, estimator_name)
-    generator = torch.Generator().manual_seed(0)
-    data = torch.rand(BATCH, N_IN, generator=generator) * 2 - 1
-    target = torch.randint(0, N_CLASSES, (BATCH,), generator=generator)
+class Trainer:
+    """One training run of the benchmark's model around ``fun``, advanced a step at a time."""
 
-    def step() -> None:
-        optimiser.zero_grad()
-        nn.functional.cross_entropy(model(data), target).backward()
-        optimiser.step()
+    def __init__(self, fun, estimator_name: str) -> None:
+        self.model, self.box, self.optimiser = make_model(fun, estimator_name)
+        generator = torch.Generator().manual_seed(0)
+        self.data = torch.rand(BATCH, N_IN, generator=generator) * 2 - 1
+        self.target = torch.randint(0, N_CLASSES, (BATCH,), generator=generator)
 
-    step()
-    calls_before = box.calls.device_calls
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    elapsed = time.perf_counter() - start
-    return steps / elapsed, (box.calls.device_calls - calls_before) / steps
+    def step(self) -> float:
+        """One training step; its wall time in seconds."""
+        start = time.perf_counter()
+        self.optimiser.zero_grad()
+        nn.functional.cross_entropy(self.model(self.data), self.target).backward()
+        self.optimiser.step()
+        return time.perf_counter() - start
 
 
-def training(steps: int, rounds: int) -> None:
+def training(steps: int) -> None:
     from blackgrad.remote import RemoteDevice
 
     served = Served("make_slow_shg")
     rows = []
     try:
         for name in ("BlackBox(device) (default)", "SPSA(directions=4)"):
-            local, remote, calls = [], [], 0.0
-            for _ in range(rounds):
-                rate, calls = steps_per_second(make_slow_shg(), name, steps)
-                local.append(rate)
-                rate, _ = steps_per_second(RemoteDevice(served.address, token=TOKEN), name, steps)
-                remote.append(rate)
-            rows.append((name, calls, statistics.median(local), statistics.median(remote)))
+            local = Trainer(make_slow_shg(), name)
+            remote = Trainer(RemoteDevice(served.address, token=TOKEN), name)
+            local.step(), remote.step()  # warm-up: calibration, caches, connection
+            calls = local.box.calls.device_calls
+            local_times, remote_times = [], []
+            for _ in range(steps):  # alternating steps: both see the same machine load
+                local_times.append(local.step())
+                remote_times.append(remote.step())
+            calls = (local.box.calls.device_calls - calls) / steps
+            same = all(torch.equal(a, b) for a, b in zip(local.model.parameters(), remote.model.parameters()))
+            rows.append((name, calls, local_times, remote_times, same))
     finally:
         served.stop()
     print(f"### Training through SHG() with {LATENCY * 1e3:g} ms latency per call: batch {BATCH}, "
-          f"{steps} steps after one warm-up step, median of {rounds} alternating rounds\n")
-    print("| estimator | device calls per step | local steps/s | remote steps/s | remote / local | ≥ 0.80 |")
-    print("|---|---:|---:|---:|---:|:---:|")
-    for name, calls, local_rate, remote_rate in rows:
+          f"{steps} steps each after one warm-up step, local and remote steps alternating\n")
+    print("| estimator | device calls per step | local steps/s | remote steps/s | remote / local | ≥ 0.80 "
+          "| remote / local (mean step) | same parameters |")
+    print("|---|---:|---:|---:|---:|:---:|---:|:---:|")
+    for name, calls, local_times, remote_times, same in rows:
+        local_rate, remote_rate = 1 / statistics.median(local_times), 1 / statistics.median(remote_times)
         ratio = remote_rate / local_rate
         print(f"| {name} | {calls:.0f} | {local_rate:.1f} | {remote_rate:.1f} | {ratio:.3f} | "
-              f"{'yes' if ratio >= 0.8 else '**no**'} |")
+              f"{'yes' if ratio >= 0.8 else '**no**'} | {sum(local_times) / sum(remote_times):.3f} | {'yes' if same else 'no'} |")
+    print("\n(steps/s from the median step time; the mean-step column is the ratio of the total times)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=500, help="round-trip calls, local and remote each")
-    parser.add_argument("--steps", type=int, default=30, help="timed training steps per run")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating local/remote training rounds")
+    parser.add_argument("--steps", type=int, default=60, help="timed training steps, local and remote each")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"one torch thread per process, load average {os.getloadavg()[0]:.2f} at start\n")
     round_trip(args.calls)
-    training(args.steps, args.rounds)
+    training(args.steps)
     print(f"\nload average {os.getloadavg()[0]:.2f} at end")
 
 

@@ -173,7 +173,7 @@ class RemoteDevice:
                     self._socket = zmq.Context.instance().socket(zmq.DEALER)
                     self._socket.setsockopt(zmq.LINGER, 0)
                     self._socket.connect(self.address)
-                self._socket.send_multipart(frames, copy=False)
+                self._socket.send_multipart(frames)
                 sends += 1
                 wait_until = min(deadline, time.monotonic() + self.retry_interval)
                 while (left := wait_until - time.monotonic()) > 0:

@@ -227,7 +227,7 @@ class Server:
         if key in self._replies:  # a resend after a lost reply: answer from memory
             self.ledger.replayed += 1
             self._replies.move_to_end(key)
-            self._router.send_multipart([identity, *self._replies[key]], copy=False)
+            self._router.send_multipart([identity, *self._replies[key]])
             return
         if key in self._pending:  # a resend while it waits: answer the newest connection when its turn comes
             self.ledger.replayed += 1
@@ -254,10 +254,10 @@ class Server:
             self._drop -= 1
             return
         # a client that left meanwhile is no longer routable: ROUTER drops the reply, and we go on
-        self._router.send_multipart([identity, *frames], copy=False)
+        self._router.send_multipart([identity, *frames])
 
     def _reply(self, identity: bytes, header: dict[str, Any]) -> None:
-        self._router.send_multipart([identity, *encode(header)], copy=False)
+        self._router.send_multipart([identity, *encode(header)])
 
     def _malformed(self, identity: bytes, request_id: Any, message: str) -> None:
         self.ledger.malformed += 1
