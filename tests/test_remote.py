@@ -357,6 +357,48 @@ def test_a_lost_reply_is_answered_from_memory_not_evaluated_twice(serve_process,
     assert log.read_text().split() == ["4", "4"]  # the device's own count: each request once
 
 
+def test_a_pickled_copy_is_a_new_client_of_the_same_server(server):
+    """A worker process gets its own client id: sharing one would let it be answered another's replies."""
+    import pickle
+
+    device = RemoteDevice(server.address, token=TOKEN, timeout=5)
+    device(torch.ones(1, 4))
+    copy = pickle.loads(pickle.dumps(device))
+    assert copy.client_id != device.client_id and (copy.address, copy.token, copy.timeout) == (server.address, TOKEN, 5)
+    x = torch.randn(2, 4)
+    assert torch.equal(copy(x), remote_devices.tanh_device(x)) and copy.calls.samples == 2
+
+
+def test_numpy_black_box_with_params_through_a_remote_device(server):
+    theta = torch.randn(12)
+    x = torch.randn(6, 4)
+    box = bg.BlackBox(RemoteDevice(server.address, token=TOKEN), FiniteDifference(), params=theta, numpy=True, calibrate=False)
+    def numpy_device(x: np.ndarray, theta: np.ndarray) -> np.ndarray:  # as the remote one sees it: numpy in and out
+        return remote_devices.tanh_device(torch.from_numpy(x), torch.from_numpy(theta)).numpy()
+
+    local = bg.BlackBox(numpy_device, FiniteDifference(), params=theta, numpy=True, calibrate=False)
+    assert torch.equal(box(x), local(x))
+    box(x).sum().backward(), local(x).sum().backward()
+    assert torch.equal(box.params.grad, local.params.grad)
+    assert box.calls.total == local.calls.total == 6 * 2 + 6 * 2 * 12  # two forwards; two-sided differences in θ
+
+
+def test_start_up_says_where_it_listens_and_warns_beyond_this_machine(server):
+    from blackgrad.remote.server import Server, startup_lines
+
+    local = Server(remote_devices.tanh_device, port=0)
+    try:
+        lines = startup_lines(local, "127.0.0.1")
+        assert lines[0] == f"blackgrad: serving tanh_device at {local.address}"
+        assert lines[1] == f"token: {local.token}" and len(local.token) >= 32
+        assert not any("firewall" in line for line in lines)
+        warning = startup_lines(local, "0.0.0.0")[-1]  # as a server given --host 0.0.0.0 would say
+        assert "not only this machine: let the firewall admit port" in warning and "SSH tunnel" in warning
+    finally:
+        local.stop()
+        local._context.destroy(linger=0)
+
+
 # ------------------------------------------------------ training through it
 def train(fun, steps: int, seed: int = 0, box=None):
     """A few SPSA steps of a model around a black box with params; returns the model and its box."""
