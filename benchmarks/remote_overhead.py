@@ -170,13 +170,19 @@ def training(steps: int) -> None:
             remote = Trainer(RemoteDevice(served.address, token=TOKEN), name)
             local.step(), remote.step()  # warm-up: calibration, caches, connection
             calls = local.box.calls.device_calls
+            device = remote.box.fun
+            device.calls.reset()
+            served_before = device.status()
             local_times, remote_times = [], []
             for _ in range(steps):  # alternating steps: both see the same machine load
                 local_times.append(local.step())
                 remote_times.append(remote.step())
             calls = (local.box.calls.device_calls - calls) / steps
+            served_after = device.status()
+            served_seconds = (served_after["seconds"] - served_before["seconds"]) / (served_after["calls"] - served_before["calls"])
+            per_call = (device.calls.seconds / device.calls.calls, served_seconds)
             same = all(torch.equal(a, b) for a, b in zip(local.model.parameters(), remote.model.parameters()))
-            rows.append((name, calls, local_times, remote_times, same))
+            rows.append((name, calls, local_times, remote_times, same, per_call))
     finally:
         served.stop()
     print(f"### Training through SHG() with {LATENCY * 1e3:g} ms latency per call: batch {BATCH}, "
@@ -184,12 +190,17 @@ def training(steps: int) -> None:
     print("| estimator | device calls per step | local steps/s | remote steps/s | remote / local | ≥ 0.80 "
           "| remote / local (mean step) | same parameters |")
     print("|---|---:|---:|---:|---:|:---:|---:|:---:|")
-    for name, calls, local_times, remote_times, same in rows:
+    for name, calls, local_times, remote_times, same, _ in rows:
         local_rate, remote_rate = 1 / statistics.median(local_times), 1 / statistics.median(remote_times)
         ratio = remote_rate / local_rate
         print(f"| {name} | {calls:.0f} | {local_rate:.1f} | {remote_rate:.1f} | {ratio:.3f} | "
               f"{'yes' if ratio >= 0.8 else '**no**'} | {sum(local_times) / sum(remote_times):.3f} | {'yes' if same else 'no'} |")
-    print("\n(steps/s from the median step time; the mean-step column is the ratio of the total times)")
+    print("\n(steps/s from the median step time; the mean-step column is the ratio of the total times)\n")
+    print("Where the remote time goes, per device call (mean over the timed steps):\n")
+    print("| estimator | client: call to reply, ms | server: inside the device, ms | difference, ms |")
+    print("|---|---:|---:|---:|")
+    for name, *_, (client, inside) in rows:
+        print(f"| {name} | {client * 1e3:.3f} | {inside * 1e3:.3f} | {(client - inside) * 1e3:.3f} |")
 
 
 def main() -> None:
