@@ -342,6 +342,12 @@ def test_clients_are_served_one_at_a_time_in_arrival_order(serve_process):
     assert results == {0: 1.0, 1: 2.0, 2: 3.0}  # the device's own call index: arrival order, no overlap
     final = RemoteDevice(served.address, token=TOKEN).status()
     assert (final["samples"], final["calls"], final["errors"], final["queue"]) == (6, 3, 0, 0)
+    served.stop()  # SIGTERM: the server stops as on Ctrl-C and says what it served
+    deadline = time.monotonic() + 10
+    while not any(line.startswith("stopped;") for line in served.lines) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert served.process.returncode == 0
+    assert "stopped; served 6 samples in 3 calls (0 errors, 0 refusals, 0 malformed, 0 replayed)" in served.lines
 
 
 def test_a_lost_reply_is_answered_from_memory_not_evaluated_twice(serve_process, tmp_path):
@@ -397,6 +403,37 @@ def test_start_up_says_where_it_listens_and_warns_beyond_this_machine(server):
     finally:
         local.stop()
         local._context.destroy(linger=0)
+
+
+def test_the_memory_of_replies_is_bounded_by_count_and_bytes():
+    """An evicted reply is evaluated again when resent (the documented limit); a remembered one is replayed."""
+    from blackgrad.remote.server import Server
+
+    calls = []
+    server = Server(lambda x: calls.append(x.shape[0]) or x * 2, port=0, token=TOKEN, replay_cache=3, replay_bytes=3000)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        def ask(request_id: int, rows: int) -> dict:
+            x = np.ones((rows, 4), dtype=np.float64)  # 32 bytes a row
+            reply, frames = raw_request(server.address, encode(dict(op="eval", token=TOKEN, client="c", id=request_id), [x]))
+            assert reply["ok"] and len(frames) == 1 and len(frames[0]) == rows * 32
+            return reply
+
+        for request_id in range(1, 5):  # four small replies: the count bound (3) evicts the first
+            ask(request_id, 1)
+        ask(1, 1)  # forgotten: evaluated again
+        ask(4, 1)  # remembered: replayed
+        assert calls == [1, 1, 1, 1, 1] and server.ledger.replayed == 1
+        ask(10, 60)  # 1920 bytes of output: with the three small ones it passes the byte bound, they go
+        ask(11, 60)  # two of these do not fit in 3000 bytes: 10 goes
+        ask(11, 60)  # remembered: replayed
+        ask(10, 60)  # forgotten: evaluated again
+        assert calls == [1] * 5 + [60] * 3 and server.ledger.replayed == 2
+    finally:
+        server.stop()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
 
 
 # ------------------------------------------------------ training through it
@@ -502,6 +539,18 @@ def test_serve_command_reports_bad_factories_clearly(arguments, message):
     result = CliRunner().invoke(app, ["serve", *arguments, "--app-dir", str(TESTS)])
     assert result.exit_code == 2, result.output
     assert re.search(message, result.output) and "Traceback" not in result.output
+
+
+def test_serve_command_reports_a_module_that_fails_to_import(tmp_path):
+    from typer.testing import CliRunner
+
+    from blackgrad.cli import app
+
+    (tmp_path / "broken_lab.py").write_text("raise RuntimeError('driver DLL not found')\n")
+    result = CliRunner().invoke(app, ["serve", "broken_lab:make", "--app-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "importing module 'broken_lab' raised RuntimeError: driver DLL not found" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_serve_command_reports_a_port_in_use(server):

@@ -291,6 +291,8 @@ def _load_factory(spec: str, app_dir: Path) -> Any:
             f"cannot import module {module_name!r} ({type(err).__name__}: {err}); run from the folder that holds it, "
             "give --app-dir, or install it"
         ) from None
+    except Exception as err:  # the module itself fails: its error, not a traceback of ours
+        raise ValueError(f"importing module {module_name!r} raised {type(err).__name__}: {err}") from None
     target: Any = module
     for part in attribute.split("."):
         if not hasattr(target, part):

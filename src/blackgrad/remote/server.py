@@ -79,6 +79,8 @@ class Server:
             request id), to answer a request resent after a lost reply.  A
             client only ever resends its latest request, so this is the
             number of clients that can lose a reply at the same time.
+        replay_bytes: the most bytes those replies may hold together (the
+            latest reply is always kept).
         max_message_bytes: larger messages are dropped by ZeroMQ (and their
             connection closed) before they reach memory.
         drop_replies: a fault-injection hook for tests: the first this many
@@ -96,6 +98,7 @@ class Server:
         numpy: bool = False,
         name: str | None = None,
         replay_cache: int = 64,
+        replay_bytes: int = 2**28,
         max_message_bytes: int = 2**30,
         drop_replies: int = 0,
     ) -> None:
@@ -107,6 +110,8 @@ class Server:
             raise ValueError("token must be a non-empty string, or None to generate one")
         if not isinstance(replay_cache, int) or replay_cache < 1:
             raise ValueError(f"replay_cache must be a positive int, got {replay_cache!r}")
+        if not isinstance(replay_bytes, int) or replay_bytes < 0:
+            raise ValueError(f"replay_bytes must be a non-negative int, got {replay_bytes!r}")
         self.device = device
         self.numpy = numpy
         self.name = name or getattr(device, "name", None) or getattr(device, "__name__", None) or type(device).__name__
@@ -114,6 +119,8 @@ class Server:
         self.token_generated = token is None
         self.ledger = ServerLedger()
         self._replay_size = replay_cache
+        self._replay_bytes = replay_bytes
+        self._replies_bytes = 0
         self._drop = drop_replies
         self._stop = threading.Event()
         self._queue: collections.deque[tuple[tuple[str, int], list[np.ndarray]]] = collections.deque()
@@ -248,8 +255,11 @@ class Server:
     def _send_result(self, key: tuple[str, int], frames: list[Any]) -> None:
         identity = self._pending.pop(key)
         self._replies[key] = frames
-        while len(self._replies) > self._replay_size:
-            self._replies.popitem(last=False)
+        self._replies_bytes += _size(frames)
+        while len(self._replies) > 1 and (
+            len(self._replies) > self._replay_size or self._replies_bytes > self._replay_bytes
+        ):
+            self._replies_bytes -= _size(self._replies.popitem(last=False)[1])
         if self._drop > 0:  # the fault-injection hook: as if this reply were lost on the way
             self._drop -= 1
             return
@@ -266,6 +276,10 @@ class Server:
         self._reply(identity, {"id": request_id, "ok": False, "error": "malformed", "message": message})
 
 
+def _size(frames: list[Any]) -> int:
+    return sum(memoryview(f).nbytes for f in frames)
+
+
 def serve(
     device: Callable[..., Any],
     port: int = 5555,
@@ -275,6 +289,7 @@ def serve(
     numpy: bool = False,
     name: str | None = None,
     replay_cache: int = 64,
+    replay_bytes: int = 2**28,
     drop_replies: int = 0,
     announce: Callable[[str], None] | None = print,
 ) -> ServerLedger:
@@ -293,7 +308,8 @@ def serve(
         serve(camera, port=5555, numpy=True)   # prints the address and the token
     """
     server = Server(
-        device, port, host, token, numpy=numpy, name=name, replay_cache=replay_cache, drop_replies=drop_replies
+        device, port, host, token, numpy=numpy, name=name, replay_cache=replay_cache, replay_bytes=replay_bytes,
+        drop_replies=drop_replies,
     )
     if announce is not None:
         for line in startup_lines(server, host):
