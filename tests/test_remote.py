@@ -55,6 +55,7 @@ def free_port() -> int:
 def subprocess_env() -> dict[str, str]:
     """This environment with tests/ on PYTHONPATH (entries made absolute: the server may run elsewhere)."""
     env = os.environ.copy()
+    env.pop("BLACKGRAD_TOKEN", None)  # each server here is given its token, or generates one
     paths = [str(Path(p).resolve()) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), *paths])
     return env
@@ -292,7 +293,7 @@ def test_a_client_that_leaves_mid_request_does_not_stop_the_server(server):
     gone.connect(server.address)
     gone.send_multipart(encode({"op": "eval", "token": TOKEN, "client": "gone", "id": 1}, [slow]))
     time.sleep(0.2)  # it has arrived and is being evaluated
-    gone.close(linger=0)
+    gone.close(linger=2000)  # the linger only makes sure the request went out, however busy the machine
     x = torch.randn(2, 4)
     assert torch.equal(device(x), remote_devices.tanh_device(x))  # answered after the orphan, whose reply was dropped
     after = device.status()
@@ -308,7 +309,8 @@ def test_a_resend_while_the_device_is_still_busy_is_not_evaluated_again(server):
     after = device.status()
     assert device.calls.resends >= 2  # SLOW_SECONDS = 0.6 s at a resend every 0.15 s
     delta = server_delta(before, after)
-    assert delta["replayed"] == device.calls.resends  # every resend joined the evaluation in progress
+    # each resend that reached the server was joined to the evaluation (one lost with its socket is not counted)
+    assert 1 <= delta["replayed"] <= device.calls.resends
     assert (delta["samples"], delta["calls"]) == (3, 1) == (device.calls.samples, device.calls.calls)
 
 
@@ -329,7 +331,8 @@ def test_clients_are_served_one_at_a_time_in_arrival_order(serve_process):
     results: dict[int, float] = {}
 
     def client(i: int) -> None:
-        results[i] = float(RemoteDevice(served.address, token=TOKEN)(torch.zeros(2, 1))[0, 0])
+        # a long retry interval: a resend while queued would be right too, but this test counts replays
+        results[i] = float(RemoteDevice(served.address, token=TOKEN, retry_interval=20)(torch.zeros(2, 1))[0, 0])
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(3)]
     for t in threads:
@@ -358,7 +361,7 @@ def test_a_lost_reply_is_answered_from_memory_not_evaluated_twice(serve_process,
     assert torch.equal(device(x), remote_devices.tanh_device(x))  # its first reply was lost
     assert torch.equal(device(x), remote_devices.tanh_device(x))
     status = device.status()
-    assert device.calls.resends >= 1 and status["replayed"] == device.calls.resends
+    assert device.calls.resends >= 1 and 1 <= status["replayed"] <= device.calls.resends
     assert (status["samples"], status["calls"]) == (8, 2) == (device.calls.samples, device.calls.calls)
     assert log.read_text().split() == ["4", "4"]  # the device's own count: each request once
 

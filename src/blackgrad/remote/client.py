@@ -194,7 +194,8 @@ class RemoteDevice:
                         f"no reply from {self.address} within timeout={self.timeout:g} s ({sends} sends). Check that "
                         f"`blackgrad serve` is running there and listening on that address and port (it binds to "
                         f"127.0.0.1 unless given --host), that a firewall lets TCP through to the port, and that the "
-                        f"device answers a call in less than the timeout (raise timeout= for a slow device or a long queue)"
+                        f"device answers a call in less than the timeout (raise timeout= for a slow device or a long queue). "
+                        f"A wrong token is not the cause: the server answers it with a refusal"
                     )
                 self.calls.resends += 1
 
