@@ -318,7 +318,7 @@ def test_unreachable_server_names_the_address_and_what_to_check():
     port = free_port()
     device = RemoteDevice(f"127.0.0.1:{port}", token=TOKEN, timeout=0.6, retry_interval=0.2)
     start = time.monotonic()
-    with pytest.raises(RemoteUnavailable, match=rf"no reply from tcp://127\.0\.0\.1:{port} within timeout=0\.6 s \(3 sends\)"):
+    with pytest.raises(RemoteUnavailable, match=rf"no reply from tcp://127\.0\.0\.1:{port} within timeout=0\.6 s \([23] sends\)"):
         device(torch.ones(1, 4))
     assert time.monotonic() - start < 3
     with pytest.raises(RemoteUnavailable, match="`blackgrad serve` is running there.*firewall.*raise timeout="):
