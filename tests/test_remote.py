@@ -439,6 +439,19 @@ def test_the_memory_of_replies_is_bounded_by_count_and_bytes():
     assert not thread.is_alive()
 
 
+def test_a_device_pool_holds_remote_devices(server):
+    """Identical devices on several lab PCs (here: two clients of one server) as one device."""
+    from blackgrad.pool import DevicePool
+
+    devices = [RemoteDevice(server.address, token=TOKEN) for _ in range(2)]
+    before = devices[0].status()
+    x, theta = torch.randn(10, 4), torch.randn(12)
+    with DevicePool(devices, mode="threads") as pool:
+        assert torch.equal(pool(x, theta), remote_devices.tanh_device(x, theta))
+    assert [d.calls.samples for d in devices] == [5, 5]  # one contiguous share each
+    assert server_delta(before, devices[0].status())["samples"] == 10
+
+
 # ------------------------------------------------------ training through it
 def train(fun, steps: int, seed: int = 0, box=None):
     """A few SPSA steps of a model around a black box with params; returns the model and its box."""
