@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[bench,test,record,ray]'
+	$(PY) -m pip install --quiet -e '.[bench,test,record,ray,remote]'
 	touch $@
 
 demo: setup

@@ -1,4 +1,4 @@
-"""The ``blackgrad`` command line: the demo, the benchmark, the experiments and recordings."""
+"""The ``blackgrad`` command line: the demo, the benchmark, the experiments, recordings and the device server."""
 
 # Part of the research harness, with the bench extra (pip install 'blackgrad[bench]'); the
 # installed command starts in blackgrad._launcher, which says so when typer is missing.
@@ -6,13 +6,16 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import datetime as _dt
+import importlib
 import os
+import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Iterator, NoReturn, Optional
+from typing import Any, Iterator, List, NoReturn, Optional
 
 import typer
 
@@ -268,6 +271,104 @@ def record_info(path: Path = typer.Argument(..., help="the HDF5 file a BlackBox 
     except RecordingError as err:
         _fail(str(err))
     typer.echo(describe(summary))
+
+
+def _factory_arguments(values: List[str]) -> tuple[list[Any], dict[str, Any]]:
+    """``VALUE`` and ``NAME=VALUE`` words as positional and keyword arguments (Python literals, else strings)."""
+
+    def literal(text: str) -> Any:
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text
+
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if sep and name.isidentifier():
+            kwargs[name] = literal(rest)
+        elif kwargs:
+            raise ValueError(f"positional factory argument {value!r} after keyword arguments")
+        else:
+            args.append(literal(value))
+    return args, kwargs
+
+
+def _load_factory(spec: str, app_dir: Path) -> Any:
+    """The object named by ``module:attribute``, imported with ``app_dir`` first on the path."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(f"the factory must be given as module:function (e.g. my_lab.devices:make_camera), got {spec!r}")
+    sys.path.insert(0, str(app_dir.resolve()))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(
+            f"cannot import module {module_name!r} ({type(err).__name__}: {err}); run from the folder that holds it, "
+            "give --app-dir, or install it"
+        ) from None
+    except Exception as err:  # the module itself fails: its error, not a traceback of ours
+        raise ValueError(f"importing module {module_name!r} raised {type(err).__name__}: {err}") from None
+    target: Any = module
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise ValueError(f"module {module_name!r} has no attribute {attribute!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ValueError(f"{spec} is a {type(target).__name__}, not a function that makes the device")
+    return target
+
+
+@app.command("serve")
+def serve_device(
+    factory: str = typer.Argument(..., help="module:function that returns the device, e.g. my_lab.devices:make_camera"),
+    arguments: Optional[List[str]] = typer.Argument(
+        None, help="arguments for the factory: VALUE or NAME=VALUE, read as Python literals (else as strings)"
+    ),
+    port: int = typer.Option(5555, help="TCP port (0: any free one, printed at start)"),
+    host: str = typer.Option("127.0.0.1", help="interface to listen on; 0.0.0.0 for every interface (then mind the firewall)"),
+    token: Optional[str] = typer.Option(
+        None, envvar="BLACKGRAD_TOKEN", help="the shared token clients must send (default: generate one and print it)"
+    ),
+    numpy: bool = typer.Option(False, help="call the device with numpy arrays instead of torch tensors"),
+    app_dir: Path = typer.Option(Path("."), help="folder searched first for the factory's module"),
+    drop_replies: int = typer.Option(0, hidden=True, help="fault injection for tests: lose the first N replies"),
+) -> None:
+    """Serve a device to the network: clients train through it with blackgrad.remote.RemoteDevice."""
+    import signal
+
+    try:
+        from .remote import serve
+    except ImportError as err:
+        _fail(str(err))
+    try:
+        args, kwargs = _factory_arguments(arguments or [])
+        make = _load_factory(factory, app_dir)
+    except ValueError as err:
+        _fail(str(err))
+    try:
+        device = make(*args, **kwargs)
+    except Exception as err:
+        _fail(f"the factory {factory} raised {type(err).__name__}: {err}")
+    if not callable(device):
+        _fail(f"the factory {factory} returned a {type(device).__name__}, which is not a callable device")
+
+    def stop(signum: int, frame: Any) -> None:  # SIGTERM ends the service like Ctrl-C
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        ledger = serve(
+            device, port=port, host=host, token=token, numpy=numpy, name=factory, drop_replies=drop_replies,
+            announce=typer.echo,
+        )
+    except (OSError, ValueError, TypeError) as err:
+        _fail(str(err))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    typer.echo(f"stopped; served {ledger.samples} samples in {ledger.calls} calls ({ledger.errors} errors, "
+               f"{ledger.refusals} refusals, {ledger.malformed} malformed, {ledger.replayed} replayed)")
 
 
 if __name__ == "__main__":  # pragma: no cover
