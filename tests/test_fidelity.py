@@ -357,3 +357,28 @@ def test_a_shut_unbiased_part_passes_its_inner_estimators_gradient():
         box(x).backward(g)
     assert estimator.monitor.factor("inputs") == 0.0 and inner.gate_factor("inputs") == 1.0
     assert torch.allclose(x.grad, g @ weight)  # the twin's own VJP, not zero and not the correction
+
+
+def test_unbiased_scores_its_inner_gradient_on_the_spread_scale_and_passes_the_better():
+    d, m, rows = 16, 8, 64
+    generator = torch.Generator().manual_seed(3)
+    matrix = torch.randn(m, d, dtype=torch.float64, generator=generator)
+    twin = nn.Linear(d, m, bias=False).double()
+    with torch.no_grad():  # a twin whose VJP is off by a known amount
+        twin.weight.copy_(matrix + 0.5 * torch.randn(m, d, dtype=torch.float64, generator=generator))
+    inner = DigitalTwin(model=twin, updates=0, step=1e-3)
+    estimator = bg.estimators.Unbiased(inner, seed=1, step=1e-3)
+    box = bg.BlackBox(lambda x: x @ matrix.T, estimator, calibrate=False)
+    true_cosines, passed_inner = [], []
+    for _ in range(150):
+        x = torch.randn(rows, d, dtype=torch.float64, generator=generator, requires_grad=True)
+        g = torch.randn(1, m, dtype=torch.float64, generator=generator) + 0.3 * torch.randn(rows, m, dtype=torch.float64, generator=generator)
+        box(x).backward(g)
+        inner_sum, exact_sum = (g @ twin.weight.detach()).sum(0), (g @ matrix).sum(0)
+        true_cosines.append(nn.functional.cosine_similarity(inner_sum, exact_sum, dim=0).item())
+        passed_inner.append(torch.allclose(x.grad, g @ twin.weight.detach()))
+    assert estimator.monitor.baseline_cosine("inputs") == pytest.approx(sum(true_cosines[-30:]) / 30, abs=0.08)
+    # the part passes whichever scores higher: here the twin, once the gate has opened
+    own, other = estimator.fidelity.cosine, estimator.monitor.baseline_cosine("inputs")
+    assert passed_inner[-1] == (other > own or estimator.monitor.factor("inputs") == 0.0)
+    assert bg.estimators.Unbiased(inner, gate=None).monitor.baseline_cosine("inputs") is None

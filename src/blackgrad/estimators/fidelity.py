@@ -91,6 +91,7 @@ class FidelityMonitor:
         self.gate = check_gate(gate, gate_rows)
         self.gate_rows = gate_rows
         self.sums = torch.zeros(len(PARTS), 4, dtype=torch.float64)  # Σ p·t, Σ p², Σ t², Σ noise² per part
+        self.baseline = torch.zeros(len(PARTS), 2, dtype=torch.float64)  # Σ b·Σ estimate, Σ |b|² per part (score_spread)
         self.rows = [0] * len(PARTS)
         self.open = [False] * len(PARTS)
 
@@ -122,7 +123,9 @@ class FidelityMonitor:
                 self.rows[index] += p.numel()
                 self._move_gate(index)
 
-    def score_spread(self, estimate: Tensor, responses: Tensor, directions: Tensor, shared: Tensor) -> None:
+    def score_spread(
+        self, estimate: Tensor, responses: Tensor, directions: Tensor, shared: Tensor, baseline: Tensor | None = None
+    ) -> None:
         """Score a random-direction estimate by its own spread (no model to compare with).
 
         ``estimate`` ``(B, d)`` is ``v + (1/k) Σ_i r_i ε_i`` with ``k``
@@ -142,6 +145,12 @@ class FidelityMonitor:
         measurement noise in ``r`` as variance, as it should, and errs high
         by ``|mean|²/P`` per term for Rademacher directions: a little
         pessimistic in few dimensions.)  Each scored pass counts as ``B`` rows.
+
+        A ``baseline`` ``(B, d)`` — another gradient for the same batch, drawn
+        before these directions (an inner model's, say) — is scored on the
+        same scale: the estimate is unbiased, so its batch sum's product with
+        the baseline's estimates the baseline's product with the true sum
+        (:meth:`baseline_cosine`).
         """
         estimate, responses = estimate.detach().double(), responses.detach().double()
         k, batch = responses.shape
@@ -151,7 +160,12 @@ class FidelityMonitor:
             count = int(mask.sum())
             if count == 0 or batch == 0:
                 continue
-            power = estimate[:, mask.to(estimate.device)].sum(0).pow(2).sum()
+            summed = estimate[:, mask.to(estimate.device)].sum(0)
+            power = summed.pow(2).sum()
+            if baseline is not None:
+                other = baseline.detach().double()[:, mask.to(estimate.device)].sum(0)
+                scored = torch.stack([(other * summed).sum(), other.pow(2).sum()]).cpu()
+                self.baseline[index] = self.DECAY * self.baseline[index] + scored
             if index == 0:
                 variance = count * responses.pow(2).sum() / k**2
             else:
@@ -183,6 +197,19 @@ class FidelityMonitor:
         relative = (pp - 2 * pt + signal) / signal if signal > 0 else float("inf")
         return Fidelity(cosine=cosine, relative_error=relative, rows=self.rows[index])
 
+    def baseline_cosine(self, part: str) -> float | None:
+        """The running cosine of the ``baseline`` given to :meth:`score_spread` with the true batch sums.
+
+        None before any baseline with a non-zero sum, or while the spread
+        leaves no signal to compare with.
+        """
+        index = PARTS.index(part)
+        cross, power = self.baseline[index].tolist()
+        signal = float(self.sums[index, 2])
+        if power <= 0 or signal <= 0:
+            return None
+        return max(-1.0, min(cross / math.sqrt(power * signal), 1.0))
+
     def factor(self, part: str) -> float:
         """The factor ``part``'s VJP is passed upstream with."""
         if self.gate is None:
@@ -202,10 +229,12 @@ class FidelityMonitor:
         return torch.where(shared, params, inputs)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"sums": self.sums.clone(), "rows": list(self.rows), "open": list(self.open)}
+        return {"sums": self.sums.clone(), "rows": list(self.rows), "open": list(self.open), "baseline": self.baseline.clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sums, self.rows = state["sums"].clone(), [int(r) for r in state["rows"]]
         if self.sums.shape[1] == 3:  # saved before the noise sum existed
             self.sums = torch.cat([self.sums, torch.zeros(len(PARTS), 1, dtype=torch.float64)], 1)
         self.open = [bool(o) for o in state["open"]]
+        # absent from states saved before baselines were scored
+        self.baseline = state["baseline"].clone() if "baseline" in state else torch.zeros(len(PARTS), 2, dtype=torch.float64)

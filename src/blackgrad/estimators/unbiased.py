@@ -93,10 +93,12 @@ class Unbiased(Estimator):
     :class:`~blackgrad.estimators.SPSA` does (the cosine between its
     batch-summed estimate and that sum's mean, from the variance of the
     residual responses ``gᵀs_i − c·v·ε_i``), and each part (inputs, θ) is
-    corrected only while its cosine is high.  While a part's gate is shut it
-    passes what the inner estimator alone would pass (a learned inner
-    estimator's VJP through its own gate, so zero while that is shut too):
-    never much worse than the inner estimator, but not unbiased.
+    corrected only while its cosine is high and at least that of what the
+    inner estimator alone would pass, scored on the same scale (the
+    batch-summed gradients against the corrected estimate, which is
+    unbiased).  Otherwise the part passes the inner estimator's gradient (a
+    learned inner estimator's VJP through its own gate, so zero while that is
+    shut too): never much worse than the inner estimator, but not unbiased.
     ``gate=None`` keeps the estimate unbiased at every pass, whatever its
     variance.
 
@@ -214,7 +216,6 @@ class Unbiased(Estimator):
         projected = torch.einsum("bd,kbd->kb", v, delta)  # v·ε_i
         residual = along - c * projected  # gᵀ s_i − c·v·ε_i
         corrected = c * v + torch.einsum("kb,kbd->bd", residual, delta) / k
-        self.monitor.score_spread(corrected, residual, delta, query.shared)
         if self.coefficient == "optimal":
             self._update_coefficient(
                 torch.einsum("kb,kbd->bd", along, delta) / k - c * v,  # X − c·v
@@ -224,9 +225,22 @@ class Unbiased(Estimator):
             self.inner.learn(
                 rows, delta.reshape(k * batch, -1), slope.reshape(k * batch, -1), query.grad_out.repeat(k, 1), step=h, central=self.antithetic
             )
-        # a part whose correction is mostly noise passes what the inner estimator alone would
+        # what the inner estimator alone would pass: scored beside the correction, on its scale
         fallback = self.inner.gated(estimate, query.shared) if learned else estimate
-        return self.monitor.apply(corrected, query.shared, fallback)
+        self.monitor.score_spread(corrected, residual, delta, query.shared, baseline=fallback)
+        return self._choose(corrected, fallback, query.shared)
+
+    def _choose(self, corrected: Tensor, fallback: Tensor, shared: Tensor) -> Tensor:
+        """Each part: the corrected estimate while its gate is open and it scores at least as well as the fallback."""
+        if self.monitor.gate is None:  # ungated: unbiased at every pass
+            return corrected
+        shared = shared.to(corrected.device)
+        parts = []
+        for part in ("inputs", "params"):
+            own, other = self.monitor.part(part), self.monitor.baseline_cosine(part)
+            better = own is not None and (other is None or own.cosine >= other)
+            parts.append(corrected if self.monitor.factor(part) and better else fallback)
+        return torch.where(shared, parts[1], parts[0])
 
     @property
     def fidelity(self) -> Fidelity | None:
