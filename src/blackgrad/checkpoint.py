@@ -185,10 +185,14 @@ class Checkpoint:
             raise CheckpointError(f"{self.path} is a checkpoint of a newer format (version {state['version']}); update blackgrad")
         self._check(state)
         before = self._snapshot()
+        done = []
         try:
-            self._load(state)
+            for part in self._parts():
+                self._load(part, state)
+                done.append(part)
         except Exception as err:
-            self._load(before)  # a state this very run produced: it fits
+            for part in reversed(done):  # back to this run's own state, which fits by construction
+                self._load(part, before)
             raise CheckpointError(
                 f"the checkpoint {self.path} does not fit this run ({type(err).__name__}: {err}); nothing was restored"
             ) from err
@@ -281,14 +285,22 @@ class Checkpoint:
             "extra": None if self.extra is None else _extra_state(self.extra),
         }
 
-    def _load(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        if self.optimizer is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
-        for name, device in self._devices().items():
-            device.load_state_dict(state["devices"][name])
-        _set_rng_state(state["rng"])
-        if self.extra is not None:
+    def _parts(self) -> list[str]:
+        """What a restore loads, in order: each part is loaded whole or raises, so it can be undone alone."""
+        return ["model", "optimizer", *(f"device {name}" for name in self._devices()), "rng", "extra"]
+
+    def _load(self, part: str, state: dict[str, Any]) -> None:
+        if part == "model":
+            self.model.load_state_dict(state["model"])
+        elif part == "optimizer":
+            if self.optimizer is not None:
+                self.optimizer.load_state_dict(state["optimizer"])
+        elif part.startswith("device "):
+            name = part[len("device ") :]
+            self._devices()[name].load_state_dict(state["devices"][name])
+        elif part == "rng":
+            _set_rng_state(state["rng"])
+        elif self.extra is not None:
             for key, (how, value) in state["extra"].items():
                 if how == "state_dict":
                     self.extra[key].load_state_dict(value)
