@@ -143,7 +143,7 @@ class Checkpoint:
             "devices": {name: device.state_dict() for name, device in self._devices().items()},
             "rng": _rng_state(),
             "extra": None if self.extra is None else _extra_state(self.extra),
-            "recordings": {path: recorder._calls for path, recorder in self._recorders().items()},
+            "recordings": {path: recorder.written for path, recorder in self._recorders().items()},
         }
         folder = self.path.parent
         folder.mkdir(parents=True, exist_ok=True)
@@ -197,7 +197,7 @@ class Checkpoint:
                 f"the checkpoint {self.path} does not fit this run ({type(err).__name__}: {err}); nothing was restored"
             ) from err
         self.abandoned = {
-            path: range(state["recordings"][path], recorder._calls)
+            path: range(state["recordings"][path], recorder.written)
             for path, recorder in self._recorders().items()
             if path in state["recordings"]
         }
