@@ -1,6 +1,6 @@
 """A small training run through a noisy, drifting device, checkpointed: the subprocess of test_checkpoint.py.
 
-``python checkpoint_run.py DIR STEPS EVERY`` trains for STEPS steps, saving
+``python checkpoint_run.py DIR STEPS EVERY`` (or ``main``) trains for STEPS steps, saving
 ``DIR/run.pt`` every EVERY steps and recording every evaluation into
 ``DIR/run.h5``; it resumes from the checkpoint when one is there.  It prints
 ``step N`` once step N is done (so that a test can kill it at a step), and

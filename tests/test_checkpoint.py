@@ -35,16 +35,6 @@ def _start(folder: Path) -> subprocess.Popen:
     )
 
 
-def _finish(process: subprocess.Popen) -> None:
-    try:
-        _, err = process.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.communicate()
-        raise AssertionError("the training run did not finish within 60 s")
-    assert process.returncode == 0, err
-
-
 def _kill_after(process: subprocess.Popen, step: int) -> int:
     """SIGKILL the run once it reports step ``step`` (bounded wait); returns the last step it reported."""
     deadline, last = time.monotonic() + 60, -1
@@ -72,7 +62,7 @@ def test_a_run_killed_at_a_random_step_resumes_bit_for_bit(tmp_path):
     last = _kill_after(killed, kill_step)
     assert last < STEPS - 1, "the kill came too late to interrupt anything"
     assert not (broken / "final.pt").exists() and (broken / "run.pt").exists()
-    _finish(_start(broken))  # a new process, resumed from broken/run.pt
+    checkpoint_run.main(broken, STEPS, EVERY)  # resumed here, from what the killed process saved in broken/run.pt
 
     a, b = (torch.load(folder / "final.pt", weights_only=True) for folder in (whole, broken))
     assert len(a["parameters"]) == len(b["parameters"]) == 5
