@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -12,7 +13,7 @@ def python_blocks(path: Path) -> str:
     return "\n".join(re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S))
 
 
-@pytest.mark.parametrize("name", ["README.md", "docs/own-device.md", "docs/recording.md", "docs/pools.md"])
+@pytest.mark.parametrize("name", ["README.md", "docs/own-device.md", "docs/recording.md", "docs/pools.md", "docs/checkpoint.md"])
 def test_examples_run(name, capsys):
     code = python_blocks(ROOT / name)
     assert code.strip(), f"{name} has no python example"
@@ -36,3 +37,14 @@ def test_pools_example_counts_every_sample_once():
     assert (layer.calls.forward, layer.calls.probe) == (64, 2 * 64)
     assert pool.status().samples == layer.calls.total and [w.samples for w in pool.status().workers] == [48] * 4
     assert namespace["shg"].calls.forward == namespace["simulators"].status().samples == 32
+
+
+def test_checkpoint_example_resumes_exactly(capsys):
+    namespace = {"__name__": "__doc_example__"}
+    exec(compile(python_blocks(ROOT / "docs/checkpoint.md"), "checkpoint", "exec"), namespace)
+    model, uninterrupted = namespace["model"], namespace["uninterrupted"]
+    assert capsys.readouterr().out.startswith("True\n")
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), uninterrupted.parameters()))
+    ledger, reference = model[1].calls.as_dict(), uninterrupted[1].calls.as_dict()
+    assert {k: v for k, v in ledger.items() if k != "seconds"} == {k: v for k, v in reference.items() if k != "seconds"}
+    assert ledger["forward"] == 40 * 16

@@ -9,6 +9,7 @@ from .calibration import DeviceProfile, calibrate
 from .errors import (
     BlackGradError,
     BudgetExhausted,
+    CheckpointError,
     DeviceError,
     DeviceOutputError,
     DeviceTimeout,
@@ -19,12 +20,14 @@ from .errors import (
 )
 from .function import gradiator, no_grad
 from .module import BlackBox
+from .checkpoint import Checkpoint
 from .prober import Ledger, Prober, RetryPolicy
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BlackBox",
+    "Checkpoint",
     "calibrate",
     "DeviceProfile",
     "gradiator",
@@ -40,6 +43,7 @@ __all__ = [
     "RetryPolicy",
     "BlackGradError",
     "BudgetExhausted",
+    "CheckpointError",
     "DeviceError",
     "DeviceOutputError",
     "DeviceTimeout",

@@ -46,3 +46,7 @@ class NoGradientError(BlackGradError, RuntimeError):
 
 class GradientShapeError(BlackGradError, ValueError):
     """A user-supplied gradient function returned the wrong number or shape of gradients."""
+
+
+class CheckpointError(BlackGradError):
+    """A checkpoint cannot be read, or does not fit the run restoring it; nothing was restored."""

@@ -403,11 +403,14 @@ class BlackBox(nn.Module):
 
     # ---------------------------------------------------- checkpoint support
     def get_extra_state(self) -> dict[str, Any]:
-        """Estimator state, shapes and ledger travel with ``model.state_dict()``.
+        """Estimator state, shapes, ledger and calibration profile travel with ``model.state_dict()``.
 
         The device's own state is not part of it: a physical device has none
-        to save, and a simulated one (its noise generator, say) is the
-        caller's to re-create.
+        to save, and a simulated one (its noise generator, say) has its own
+        ``state_dict()``, which :class:`~blackgrad.Checkpoint` saves beside
+        the model's.  Settings given to the constructor (``budget``,
+        ``retries``, ``timeout``) are not state: the run that loads this
+        builds its box with them.
         """
         return {
             "estimator": self.estimator.state_dict(),

@@ -102,6 +102,10 @@ class RetryPolicy:
             error is raised (0: fail at once).
         retry_nonfinite: treat NaN/Inf output as a failed call that may be
             retried (a glitching instrument); if False it raises at once.
+        retry_malformed: treat unusable output — the wrong shape, say, a
+            readout cut short — as a failed call that may be retried; if
+            False (the default: a wrong shape is most often a bug in the
+            device code, which no retry mends) it raises at once.
         delay: seconds to wait before the first retry; doubled at each further
             retry (exponential back-off for instruments that need to settle).
         exceptions: the exception types that count as a device failure and
@@ -123,6 +127,7 @@ class RetryPolicy:
 
     retries: int = 0
     retry_nonfinite: bool = True
+    retry_malformed: bool = False
     delay: float = 0.0
     exceptions: tuple[type[BaseException], ...] = field(default=(Exception,))
     timeout: float | None = None
@@ -346,6 +351,13 @@ class Prober:
                 raise
             try:
                 y = self._validate(raw, x, n, kind, differentiable)
+            except DeviceOutputError as err:
+                self.ledger.failed += n
+                if not self.retry.retry_malformed:
+                    raise
+                if attempt == attempts:
+                    raise DeviceOutputError(f"{err} (attempt {attempt} of {attempts})") from None
+                continue
             except BaseException:
                 self.ledger.failed += n
                 raise

@@ -168,6 +168,11 @@ class Recorder:
         self._calls = len(calls)
         self._end = int(values.shape[0])
 
+    @property
+    def written(self) -> int:
+        """Whole calls in the file so far (a continued file's included)."""
+        return self._calls
+
     # ------------------------------------------------------------------ writing
     def write(self, prober: Any, kind: str, x: Tensor, theta: Tensor | None, y: Tensor) -> None:
         """Record one device call of ``prober``: flat inputs ``x`` ``(N, n)``, θ ``(p,)``, outputs ``y`` ``(N, m)``."""

@@ -18,11 +18,17 @@ that maps a batch of inputs to a batch of measurements::
 * Randomness (hidden couplings, noise, faults, drift) comes from a
   ``torch.Generator`` the device owns, seeded by its ``seed`` argument, so a
   device re-created with the same seed behaves identically.
+* What changes as a device runs (its noise generator, the drift so far, its
+  counters) is its *state*: :meth:`Device.state_dict` returns it and
+  :meth:`Device.load_state_dict` puts it back, so that a run resumed from a
+  :class:`~blackgrad.Checkpoint` sees the same device as the run that saved
+  it.  Any device of one's own may offer the same two methods (the
+  checkpoint protocol); a physical instrument has no state to offer.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -132,10 +138,49 @@ class Device:
         grads = [torch.zeros_like(leaf) if g is None else g for g, leaf in zip(grads, leaves)]
         return grads[0], (grads[1] if theta is not None else None)
 
+    def state_dict(self) -> dict[str, Any]:
+        """What has changed since the device was made: generators, drift, counters (copies).
+
+        A plain simulated device draws its randomness once, when it is made
+        (from ``seed``), and has nothing to save; the imperfection wrappers
+        save theirs and their inner device's.
+        """
+        return {"kind": type(self).__name__, "state": self._state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put back a :meth:`state_dict`; a state of another kind of device is refused before anything changes."""
+        self.check_state(state)
+        self._load_state(state["state"])
+
+    def _load_state_unchecked(self, state: dict[str, Any]) -> None:
+        """Load a state :meth:`check_state` has passed (a wrapper's inner device, checked with it)."""
+        self._load_state(state["state"])
+        if "inner" in state:
+            self.inner._load_state_unchecked(state["inner"])  # type: ignore[attr-defined]
+
+    def check_state(self, state: dict[str, Any]) -> None:
+        """Raise ``ValueError`` unless ``state`` is a :meth:`state_dict` of a device like this one."""
+        if not isinstance(state, dict) or "kind" not in state or "state" not in state:
+            raise ValueError(f"{self.name}: not a device state_dict (a dict with 'kind' and 'state'): {type(state).__name__}")
+        if state["kind"] != type(self).__name__:
+            raise ValueError(f"this state was saved by a {state['kind']} device; it cannot be loaded into a {type(self).__name__}")
+        expected = set(self._state())
+        if set(state["state"]) != expected:
+            raise ValueError(
+                f"{type(self).__name__}: the state holds {sorted(state['state'])}, expected {sorted(expected)}"
+            )
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(in_features={self.in_features}, out_features={self.out_features}, n_params={self.n_params})"
 
     # ------------------------------------------------------- for subclasses
+    def _state(self) -> dict[str, Any]:
+        """The device's own changing state (copies); the default: none."""
+        return {}
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        """Put back :meth:`_state` (already checked)."""
+
     def _forward(self, x: Tensor, theta: Tensor | None) -> Tensor:
         """The measurement on checked inputs (theta already resolved and cast)."""
         raise NotImplementedError

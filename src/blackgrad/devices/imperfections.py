@@ -12,12 +12,15 @@ of a wrapped device is the gradient of the ideal device.
 
 Randomness (noise, drift, faults) is drawn on the CPU from a generator the
 wrapper owns, seeded by its ``seed``, and moved to x's device: the same seed
-gives the same sequence of outputs, on CPU and CUDA alike.
+gives the same sequence of outputs, on CPU and CUDA alike.  ``state_dict()``
+holds each wrapper's generator, drift and counters and its inner device's,
+so a checkpointed run resumes with the same device.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -53,6 +56,20 @@ class DeviceWrapper(Device):
         """The wrapper's own settings, for ``repr``."""
         return ""
 
+    def state_dict(self) -> dict[str, Any]:
+        """This wrapper's state and, under ``inner``, its inner device's."""
+        return {**super().state_dict(), "inner": self.inner.state_dict()}
+
+    def check_state(self, state: dict[str, Any]) -> None:
+        super().check_state(state)
+        if "inner" not in state:
+            raise ValueError(f"this state of a {state['kind']} holds no state of its inner device")
+        self.inner.check_state(state["inner"])  # the whole stack is checked before any of it changes
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.check_state(state)
+        self._load_state_unchecked(state)
+
     def __repr__(self) -> str:
         settings = self._describe()
         return f"{type(self).__name__}({self.inner!r}{', ' + settings if settings else ''})"
@@ -77,6 +94,12 @@ class Noisy(DeviceWrapper):
         self.relative = bool(relative)
         self.seed = seed
         self.generator = make_generator(seed)
+
+    def _state(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
 
     def _forward(self, x: Tensor, theta: Tensor | None) -> Tensor:
         y = self.inner(x, theta)
@@ -134,6 +157,12 @@ class Quantized(DeviceWrapper):
         pad = margin * (high - low) if high > low else max(abs(high), 1.0) * margin
         self.low, self.high = low - pad, high + pad
         return self.low, self.high
+
+    def _state(self) -> dict[str, Any]:
+        return {"low": self.low, "high": self.high}  # set by the first batch when not given
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self.low, self.high = state["low"], state["high"]
 
     def _forward(self, x: Tensor, theta: Tensor | None) -> Tensor:
         if self.low is None:
@@ -208,6 +237,20 @@ class Drifting(DeviceWrapper):
         """The current hidden gain (float64, ``(m,)``)."""
         return self.log_gain.exp()
 
+    def _state(self) -> dict[str, Any]:
+        return {
+            "generator": self.generator.get_state(),
+            "log_gain": self.log_gain.clone(),
+            "offset": self.offset.clone(),
+            "calls": self.calls,
+        }
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self.log_gain = state["log_gain"].clone().to(torch.float64)
+        self.offset = state["offset"].clone().to(torch.float64)
+        self.calls = int(state["calls"])
+
     def _forward(self, x: Tensor, theta: Tensor | None) -> Tensor:
         steps = torch.randn(2, self.out_features, generator=self.generator, dtype=torch.float64) * self.rate
         self.log_gain += steps[0]
@@ -221,43 +264,97 @@ class Drifting(DeviceWrapper):
 
 
 class Faulty(DeviceWrapper):
-    """Fault injection: failing calls, NaN readings and latency.
+    """Fault injection: failing, hanging and malformed calls, NaN readings and latency.
 
-    On every call, in this order: sleep ``latency`` seconds; with probability
+    On every call, in this order: sleep ``latency`` seconds; draw the
+    call's faults; with probability ``hang_rate`` hang — sleep ``hang``
+    seconds (longer than the black box's ``timeout``, so that it abandons
+    the call), then raise :class:`RuntimeError` without running the inner
+    device, so an abandoned call changes no state; with probability
     ``error_rate`` raise :class:`RuntimeError` (the message says it is an
     injected fault); otherwise run the inner device and, with probability
-    ``nan_rate``, replace one randomly chosen sample (row) of the output by
-    NaN.  Both random draws are made on every call, so the fault sequence
-    depends only on the seed and the number of calls.  Counters ``calls``,
-    ``errors`` and ``nan_calls`` record what happened.  ``reference`` is the
-    clean inner reference.  Cost: the inner call plus ``latency``.
+    ``shape_rate``, return the output without its last sample (a readout
+    cut short: the wrong shape), or, with probability ``nan_rate``, replace
+    one randomly chosen sample (row) by NaN.  The draws are made on every
+    call, so the fault sequence depends only on the seed and the number of
+    calls (the draws for hangs and wrong shapes only when one of their rates
+    is set, which keeps the sequences of the other faults as they were).
+
+    Counters: ``calls``; ``errors``, ``hangs``, ``bad_shapes`` and
+    ``nan_calls``, the calls given each fault; ``samples``, every sample
+    handed to the device, and ``faulty_samples``, those of calls given a
+    fault — the device's own count, to hold a ledger against.
+    ``reference`` is the clean inner reference.  Cost: the inner call plus
+    ``latency`` (and ``hang`` for a hung call).
     """
 
-    def __init__(self, device: Device, error_rate: float = 0.0, nan_rate: float = 0.0, latency: float = 0.0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        device: Device,
+        error_rate: float = 0.0,
+        nan_rate: float = 0.0,
+        latency: float = 0.0,
+        seed: int = 0,
+        *,
+        hang_rate: float = 0.0,
+        hang: float = 1.0,
+        shape_rate: float = 0.0,
+    ) -> None:
         super().__init__(device)
-        for label, rate in (("error_rate", error_rate), ("nan_rate", nan_rate)):
+        rates = (("error_rate", error_rate), ("nan_rate", nan_rate), ("hang_rate", hang_rate), ("shape_rate", shape_rate))
+        for label, rate in rates:
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"{label} must lie in [0, 1], got {rate}")
-        if latency < 0:
-            raise ValueError(f"latency must be >= 0, got {latency}")
+        for label, seconds in (("latency", latency), ("hang", hang)):
+            if not seconds >= 0:
+                raise ValueError(f"{label} must be >= 0 seconds, got {seconds}")
         self.error_rate = float(error_rate)
         self.nan_rate = float(nan_rate)
+        self.hang_rate = float(hang_rate)
+        self.shape_rate = float(shape_rate)
         self.latency = float(latency)
+        self.hang = float(hang)
         self.seed = seed
         self.generator = make_generator(seed)
-        self.calls = self.errors = self.nan_calls = 0
+        self.calls = self.errors = self.nan_calls = self.hangs = self.bad_shapes = 0
+        self.samples = self.faulty_samples = 0
+
+    _COUNTERS = ("calls", "errors", "nan_calls", "hangs", "bad_shapes", "samples", "faulty_samples")
+
+    def _state(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state(), **{name: getattr(self, name) for name in self._COUNTERS}}
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        for name in self._COUNTERS:
+            setattr(self, name, int(state[name]))
 
     def _forward(self, x: Tensor, theta: Tensor | None) -> Tensor:
         self.calls += 1
+        self.samples += x.shape[0]
         if self.latency > 0:
             time.sleep(self.latency)
         error_draw, nan_draw, row_draw = torch.rand(3, generator=self.generator, dtype=torch.float64).tolist()
+        hang_draw = shape_draw = 1.0
+        if self.hang_rate > 0 or self.shape_rate > 0:
+            hang_draw, shape_draw = torch.rand(2, generator=self.generator, dtype=torch.float64).tolist()
+        if hang_draw < self.hang_rate:
+            self.hangs += 1
+            self.faulty_samples += x.shape[0]
+            time.sleep(self.hang)
+            raise RuntimeError(f"injected hang: {self.name} answered call {self.calls} only after {self.hang:g} s")
         if error_draw < self.error_rate:
             self.errors += 1
+            self.faulty_samples += x.shape[0]
             raise RuntimeError(f"injected fault: {self.name} failed on call {self.calls} (error_rate={self.error_rate})")
         y = self.inner(x, theta)
+        if shape_draw < self.shape_rate:
+            self.bad_shapes += 1
+            self.faulty_samples += x.shape[0]
+            return y[:-1]
         if nan_draw < self.nan_rate and y.shape[0] > 0:
             self.nan_calls += 1
+            self.faulty_samples += x.shape[0]
             row = min(int(row_draw * y.shape[0]), y.shape[0] - 1)
             poisoned = torch.zeros(y.shape[0], 1, dtype=torch.bool, device=y.device)
             poisoned[row] = True
@@ -265,4 +362,7 @@ class Faulty(DeviceWrapper):
         return y
 
     def _describe(self) -> str:
-        return f"error_rate={self.error_rate}, nan_rate={self.nan_rate}, latency={self.latency}, seed={self.seed}"
+        settings = f"error_rate={self.error_rate}, nan_rate={self.nan_rate}, latency={self.latency}, seed={self.seed}"
+        if self.hang_rate or self.shape_rate:
+            settings += f", hang_rate={self.hang_rate}, hang={self.hang}, shape_rate={self.shape_rate}"
+        return settings
