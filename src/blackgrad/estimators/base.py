@@ -123,6 +123,13 @@ class VJPQuery:
     grad_out: Tensor
     active: Tensor
     shared: Tensor
+    #: how many leading columns of ``alpha`` are the input ``x`` (the rest are θ); None: counted from ``shared``
+    inputs: int | None = None
+
+    @property
+    def n_inputs(self) -> int:
+        """The number ``n`` of input columns, ahead of θ's ``p`` shared ones."""
+        return int((~self.shared).sum()) if self.inputs is None else self.inputs
 
     @property
     def batch(self) -> int:
