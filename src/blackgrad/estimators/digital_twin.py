@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..nets import MLP, embedded
 from .base import check_option, check_hidden
-from .learned import LearnedEstimator, ReplayBuffer, training_loss
+from .learned import BUFFER_BYTES, LearnedEstimator, ReplayBuffer, training_loss
 
 
 class DigitalTwin(LearnedEstimator):
@@ -86,7 +86,7 @@ class DigitalTwin(LearnedEstimator):
         self.slope_weight = float(slope_weight)
         check_option("slope_fit", slope_fit, ("difference", "jvp"))
         self.slope_fit = slope_fit
-        self.values = ReplayBuffer(buffer)  # (α, y) pairs
+        self.values = ReplayBuffer(buffer, max_bytes=BUFFER_BYTES)  # (α, y) pairs
 
     def default_model(self, d: int, m: int) -> nn.Module:
         return embedded(self.embedding, d, lambda width: MLP(width, m, self.hidden))

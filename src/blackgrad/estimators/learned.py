@@ -57,12 +57,24 @@ def training_loss(prediction: Tensor, target: Tensor, kind: str) -> Tensor:
     return cosine if kind == "cosine" else mse + cosine
 
 
-class ReplayBuffer:
-    """A ring buffer of named tensor rows, sampled uniformly with a given generator."""
+#: the most memory a learned estimator's replay buffer takes by default (fewer rows for a very wide device)
+BUFFER_BYTES = 256 * 2**20
 
-    def __init__(self, capacity: int) -> None:
+
+class ReplayBuffer:
+    """A ring buffer of named tensor rows, sampled uniformly with a given generator.
+
+    ``max_bytes``: when the first rows arrive and their width is known, the
+    capacity is lowered to what fits in that many bytes (None: no limit), so
+    that memory grows like the row width, not like capacity × width, on a
+    device with thousands of inputs and outputs.  :meth:`reserve` may grow
+    it past that: it is asked for.
+    """
+
+    def __init__(self, capacity: int, max_bytes: int | None = None) -> None:
         check_positive("buffer", capacity, integer=True)
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self.data: dict[str, Tensor] = {}
         self.size = 0
         self.position = 0
@@ -73,6 +85,9 @@ class ReplayBuffer:
     def add(self, **rows: Tensor) -> None:
         count = next(iter(rows.values())).shape[0]
         if not self.data:
+            if self.max_bytes is not None:
+                row_bytes = sum(math.prod(v.shape[1:]) * v.element_size() for v in rows.values())
+                self.capacity = max(1, min(self.capacity, self.max_bytes // max(row_bytes, 1)))
             self.data = {k: v.new_zeros((self.capacity,) + v.shape[1:]) for k, v in rows.items()}
         if count >= self.capacity:  # keep only the newest rows
             rows = {k: v[-self.capacity :] for k, v in rows.items()}
@@ -87,6 +102,7 @@ class ReplayBuffer:
         """Grow to hold at least ``capacity`` rows, keeping the rows held (oldest first)."""
         if capacity <= self.capacity:
             return
+        self.max_bytes = None  # the capacity asked for wins over the default limit
         held = {k: torch.roll(v, -self.position, 0)[-self.size :] if self.size == self.capacity else v[: self.size] for k, v in self.data.items()}
         self.capacity, self.data, self.size, self.position = capacity, {}, 0, 0
         if held and next(iter(held.values())).shape[0]:
@@ -122,7 +138,8 @@ class LearnedEstimator(Estimator):
         lr: Adam learning rate of the model (ignored if ``optimizer`` is given).
         updates: optimiser steps at each backward pass.
         batch_size: replay minibatch size.
-        buffer: replay buffer capacity, in probe rows.
+        buffer: replay buffer capacity, in probe rows; fewer for a device so
+            wide that they would take more than 256 MB (``BUFFER_BYTES``).
         optimizer: a ``torch.optim`` class or factory ``params -> Optimizer``.
         embedding: a module applied to ``α`` before the default model's net,
             with an ``out_features`` attribute, e.g.
@@ -195,7 +212,7 @@ class LearnedEstimator(Estimator):
         self.lr = lr
         self.updates = updates
         self.batch_size = batch_size
-        self.buffer = ReplayBuffer(buffer)
+        self.buffer = ReplayBuffer(buffer, max_bytes=BUFFER_BYTES)
         self._optimizer_factory = optimizer
         self.optimizer: torch.optim.Optimizer | None = None
         self.generator = make_generator(seed)
@@ -487,7 +504,11 @@ class LearnedEstimator(Estimator):
 AUTO_MULTIPLES = (0.5, 1, 2)
 
 
-def auto_embedding(d: int) -> nn.Module:
+#: the widest input that gets the automatic Fourier features; a wider one is fed raw
+AUTO_FEATURES_LIMIT = 512
+
+
+def auto_embedding(d: int) -> nn.Module | None:
     """The learned models' default input features: :class:`~blackgrad.nets.MultiScaleFourier`.
 
     ``sin`` and ``cos`` of each coordinate at ``π·(0.5, 1, 2) / s`` radians per
@@ -498,7 +519,14 @@ def auto_embedding(d: int) -> nn.Module:
     own frequencies, denser and wider octave sets, learned frequencies and
     random Fourier features on four benchmark tasks
     (``benchmarks/auto_features.py``, BENCHMARKS.md).
+
+    Above ``AUTO_FEATURES_LIMIT`` input coordinates: None, the raw ``α``.
+    The features make the first layer seven times wider, and for a wide
+    device (an SLM with thousands of pixels) that layer is nearly all of
+    the training step's cost (``benchmarks/learned_scaling.py``).
     """
+    if d > AUTO_FEATURES_LIMIT:
+        return None
     from ..nets import MultiScaleFourier
 
     return MultiScaleFourier(d, AUTO_MULTIPLES)
