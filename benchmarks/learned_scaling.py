@@ -5,7 +5,8 @@ the batch 32, one thread.  For each estimator and size a fresh subprocess
 builds ``BlackBox(device, Estimator(), calibrate=False)`` and takes
 ``--steps`` training steps (forward, a loss, backward: the estimator's probes
 and its online training); it prints the first step's time, the median of the
-later ones, and the process's peak resident memory (``ru_maxrss``) beside
+later ones and of their CPU time (one thread: on a machine shared with other
+jobs, the time the step would take on an idle core), and the process's peak resident memory (``ru_maxrss``) beside
 what it held before the first step (torch, the device's ``W``, the batch), so
 that their difference is what the estimator itself needed, and the full
 size of its replay buffers, which are allocated whole but paged in as they
@@ -56,13 +57,14 @@ def one(name: str, n: int, steps: int) -> dict:
     batches = [torch.randn(32, n) for _ in range(steps)]
     target = torch.randn(32, n)
     before = rss_mb()
-    times = []
+    times, cpu = [], []
     for x in batches:
         x.requires_grad_(True)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         loss = (box(x) - target).pow(2).mean()
         loss.backward()
         times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
         assert bool(torch.isfinite(x.grad).all())
     parameters = sum(p.numel() for p in box.estimator.model.parameters())
     prior = getattr(box.estimator, "prior", None)
@@ -73,7 +75,7 @@ def one(name: str, n: int, steps: int) -> dict:
         buffers.append(prior.buffer)
     # the replay buffers are allocated whole but paged in as they fill: their full size, to add to the peak
     full = sum(t.numel() * t.element_size() for buffer in buffers for t in buffer.data.values()) / 2**20
-    return dict(first=times[0], later=statistics.median(times[1:]), before=before, peak=rss_mb(), parameters=parameters, buffers=full)
+    return dict(first=times[0], later=statistics.median(times[1:]), later_cpu=statistics.median(cpu[1:]), before=before, peak=rss_mb(), parameters=parameters, buffers=full)
 
 
 def main() -> None:
@@ -95,24 +97,24 @@ def main() -> None:
     )
     print()
     print(
-        "| estimator | n = m | model parameters | first step (s) | later steps (s, median) | peak memory (MB) "
+        "| estimator | n = m | model parameters | first step (s) | later steps (s, median) | their CPU time (s) | peak memory (MB) "
         "| of it before the first step (MB) | replay buffers when full (MB) |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in args.estimators:
         for n in args.sizes:
             command = [sys.executable, __file__, "--one", name, str(n), "--steps", str(args.steps)]
             try:
                 done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, check=True)
             except subprocess.TimeoutExpired:
-                print(f"| {name} | {n} | | did not finish {args.steps} steps within {args.timeout:g} s | | | | |", flush=True)
+                print(f"| {name} | {n} | | did not finish {args.steps} steps within {args.timeout:g} s | | | | | |", flush=True)
                 continue
             except subprocess.CalledProcessError as err:
-                print(f"| {name} | {n} | | failed: {err.stderr.strip().splitlines()[-1]} | | | | |", flush=True)
+                print(f"| {name} | {n} | | failed: {err.stderr.strip().splitlines()[-1]} | | | | | |", flush=True)
                 continue
             r = json.loads(done.stdout.strip().splitlines()[-1])
             print(
-                f"| {name} | {n} | {r['parameters']:,} | {r['first']:.3f} | {r['later']:.3f} | {r['peak']:.0f} | {r['before']:.0f} "
+                f"| {name} | {n} | {r['parameters']:,} | {r['first']:.3f} | {r['later']:.3f} | {r['later_cpu']:.3f} | {r['peak']:.0f} | {r['before']:.0f} "
                 f"| {r['buffers']:.0f} |",
                 flush=True,
             )

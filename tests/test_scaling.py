@@ -28,7 +28,7 @@ def test_a_factored_head_applies_the_jacobian_it_stands_for_without_forming_it(h
 
 def test_a_wide_device_gets_the_scaled_factors_head_and_its_estimate_is_the_heads_vjp():
     d = m = NET_FACTORS_LIMIT // 2 + 1
-    estimator = LearnedJacobian(hidden=(8,), prior=None)
+    estimator = LearnedJacobian(hidden=(8,), prior=None, embedding=None)
     estimator.prepare(d, m, torch.zeros(1))
     assert isinstance(estimator.model, _ScaledFactorsJacobian)
     assert estimator.model.rank == SCALED_FACTORS_RANK

@@ -137,7 +137,7 @@ class DigitalTwin(LearnedEstimator):
         self.prepare(alpha.shape[1], y.shape[1], alpha)
         self.values.reserve(len(self.values) + alpha.shape[0])  # keep every row that was paid for
         self.values.add(alpha=alpha, y=y)
-        steps_per_epoch = max(1, alpha.shape[0] // self.batch_size)
+        steps_per_epoch = max(1, alpha.shape[0] // self.replay_batch())
         history = []
         from .._progress import progress_bar
 
@@ -157,7 +157,7 @@ class DigitalTwin(LearnedEstimator):
         # ``rows`` come from the probe buffer (empty if no probes yet); value rows are drawn here.
         terms = []
         if len(self.values):
-            values = self.values.sample(self.batch_size, self.generator)
+            values = self.values.sample(self.replay_batch(), self.generator)
             terms.append(training_loss(self.model(values["alpha"]), values["y"], "mse"))
         if rows and self.slope_weight > 0:
             twin_slope = self.twin_slope(rows["alpha"], rows["direction"], rows["step"], rows["central"])

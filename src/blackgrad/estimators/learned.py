@@ -57,6 +57,12 @@ def training_loss(prediction: Tensor, target: Tensor, kind: str) -> Tensor:
     return cosine if kind == "cosine" else mse + cosine
 
 
+#: replay minibatch rows by default, for a device up to ``REPLAY_NUMBERS / 256`` wide (``d + m``)
+DEFAULT_REPLAY_BATCH = 256
+#: the most numbers of ``α`` and ``y`` a default replay minibatch holds: its cost per training step
+REPLAY_NUMBERS = 2**19
+#: the fewest rows a default replay minibatch has, however wide the device
+MIN_REPLAY_BATCH = 32
 #: the most memory a learned estimator's replay buffer takes by default (fewer rows for a very wide device)
 BUFFER_BYTES = 256 * 2**20
 
@@ -137,7 +143,10 @@ class LearnedEstimator(Estimator):
         loss: ``"mse"``, ``"cosine"`` or ``"mse+cosine"`` (:func:`training_loss`).
         lr: Adam learning rate of the model (ignored if ``optimizer`` is given).
         updates: optimiser steps at each backward pass.
-        batch_size: replay minibatch size.
+        batch_size: replay minibatch size; None (default): 256 rows, fewer
+            for a device so wide that they would hold more than
+            ``REPLAY_NUMBERS`` numbers of ``α`` and ``y`` (64 at ``n = m = 4096``),
+            so that a training step costs about the same at any width.
         buffer: replay buffer capacity, in probe rows; fewer for a device so
             wide that they would take more than 256 MB (``BUFFER_BYTES``).
         optimizer: a ``torch.optim`` class or factory ``params -> Optimizer``.
@@ -178,7 +187,7 @@ class LearnedEstimator(Estimator):
         loss: str = "mse",
         lr: float = 1e-3,
         updates: int = 8,
-        batch_size: int = 256,
+        batch_size: int | None = None,
         buffer: int = 8192,
         optimizer: Any = None,
         embedding: nn.Module | str | None = "auto",
@@ -195,7 +204,7 @@ class LearnedEstimator(Estimator):
         check_positive("lr", lr)
         if isinstance(updates, bool) or not isinstance(updates, int) or updates < 0:
             raise ValueError(f"updates must be a non-negative int, got {updates!r}")
-        check_positive("batch_size", batch_size, integer=True)
+        check_positive("batch_size", batch_size, integer=True, allow_none=True)
         if model is not None and not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if isinstance(embedding, str):
@@ -450,6 +459,14 @@ class LearnedEstimator(Estimator):
         self.record(alpha, direction, slope, grad_out, step=step, central=central)
         self.update()
 
+    def replay_batch(self) -> int:
+        """Rows per replay minibatch: ``batch_size``, or its default for the device's width."""
+        if self.batch_size is not None:
+            return self.batch_size
+        if self.sizes is None:
+            return DEFAULT_REPLAY_BATCH
+        return max(MIN_REPLAY_BATCH, min(DEFAULT_REPLAY_BATCH, REPLAY_NUMBERS // sum(self.sizes)))
+
     def has_training_data(self) -> bool:
         return len(self.buffer) > 0
 
@@ -459,7 +476,7 @@ class LearnedEstimator(Estimator):
             return
         with torch.enable_grad():
             for _ in range(steps):
-                rows = self.buffer.sample(self.batch_size, self.generator) if len(self.buffer) else {}
+                rows = self.buffer.sample(self.replay_batch(), self.generator) if len(self.buffer) else {}
                 self.optimizer.zero_grad()
                 loss = self.fit_loss(rows)
                 loss.backward()

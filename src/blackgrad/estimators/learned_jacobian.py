@@ -16,7 +16,7 @@ FULL_HEAD_LIMIT = 1024
 DEFAULT_RANK = 16
 #: the largest ``m + d`` whose default low-rank head emits its factors from the net; above it, the
 #: factors are learned matrices scaled by the net's ``r`` outputs (:class:`_ScaledFactorsJacobian`)
-NET_FACTORS_LIMIT = 2048
+NET_FACTORS_LIMIT = 512
 SCALED_FACTORS_RANK = 64
 
 
@@ -111,7 +111,7 @@ class LearnedJacobian(LearnedEstimator):
     * ``rank=r``: ``U(α)V(α)ᵀ``, ``(m + d)·r`` outputs, for large ``m·d``;
     * ``rank="auto"`` (default): full while ``m·d ≤ 1024``, rank 16 above,
       so that memory grows like ``(m + d)``, not ``m·d``; and for a wide
-      device (``m + d > 2048``) ``U diag(h(α)) V`` with learned ``U``, ``V``
+      device (``m + d > 512``) ``U diag(h(α)) V`` with learned ``U``, ``V``
       of rank 64 and a net ``h`` of 64 outputs, whose training step stays
       within a second at ``m = d = 4096`` (``benchmarks/learned_scaling.py``);
     * ``model=``: any ``nn.Module`` mapping ``(B, d)`` to ``(B, m, d)`` — the
