@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from blackgrad.estimators import LearnedJacobian
-from blackgrad.estimators.learned import AUTO_FEATURES_LIMIT, BUFFER_BYTES, ReplayBuffer, auto_embedding
+from blackgrad.estimators.learned import AUTO_FEATURES_LIMIT, BUFFER_BYTES, _ReplayBuffer, auto_embedding
 from blackgrad.estimators.learned_jacobian import (
     NET_FACTORS_LIMIT,
     SCALED_FACTORS_RANK,
@@ -47,7 +47,7 @@ def test_the_automatic_fourier_features_stop_at_wide_inputs():
 
 
 def test_a_replay_buffer_holds_at_most_its_bytes_of_rows_and_reserve_can_grow_it():
-    buffer = ReplayBuffer(1000, max_bytes=10 * 8 * 4)  # ten rows of 8 float32s
+    buffer = _ReplayBuffer(1000, max_bytes=10 * 8 * 4)  # ten rows of 8 float32s
     buffer.add(a=torch.ones(3, 5), b=torch.ones(3, 3))
     assert buffer.capacity == 10
     buffer.add(a=torch.arange(60.0).reshape(12, 5), b=torch.zeros(12, 3))

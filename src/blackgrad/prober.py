@@ -7,7 +7,8 @@ evaluation ledger honest: estimators never call the device themselves.
 Conventions.  Inside blackgrad a black box is seen as a map on flat rows:
 the device parameters θ (``p`` numbers, shared by a batch) are appended to each
 flattened input ``x`` (``n`` numbers), giving ``α = (x, θ)`` of size
-``d = n + p`` per sample, as seed 000 suggests.  The prober turns a batch of
+``d = n + p`` per sample: the device parameters are inputs like any
+other to an estimator, shared by every row of a batch.  The prober turns a batch of
 ``α`` rows back into the device's own calling convention — ``fun(x)`` or
 ``fun(x, θ)`` with ``x`` of shape ``(B, *in_shape)`` and one ``θ`` per call —
 by grouping the rows that share the same ``θ`` into one call, then splitting

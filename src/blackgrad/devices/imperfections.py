@@ -22,7 +22,7 @@ import time
 import torch
 from torch import Tensor
 
-from .base import Device, make_generator
+from .base import Device, _make_generator
 
 
 class DeviceWrapper(Device):
@@ -76,7 +76,7 @@ class Noisy(DeviceWrapper):
         self.std = float(std)
         self.relative = bool(relative)
         self.seed = seed
-        self.generator = make_generator(seed)
+        self.generator = _make_generator(seed)
 
     def _forward(self, x: Tensor, theta: Tensor | None) -> Tensor:
         y = self.inner(x, theta)
@@ -198,7 +198,7 @@ class Drifting(DeviceWrapper):
 
     def reset(self) -> None:
         """Undo all drift and restart the random walk from the seed."""
-        self.generator = make_generator(self.seed)
+        self.generator = _make_generator(self.seed)
         self.log_gain = torch.zeros(self.out_features, dtype=torch.float64)
         self.offset = torch.zeros(self.out_features, dtype=torch.float64)
         self.calls = 0
@@ -244,7 +244,7 @@ class Faulty(DeviceWrapper):
         self.nan_rate = float(nan_rate)
         self.latency = float(latency)
         self.seed = seed
-        self.generator = make_generator(seed)
+        self.generator = _make_generator(seed)
         self.calls = self.errors = self.nan_calls = 0
 
     def _forward(self, x: Tensor, theta: Tensor | None) -> Tensor:

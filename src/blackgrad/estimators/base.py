@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 DISTRIBUTIONS = ("rademacher", "gaussian")
 
 
-def check_option(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
+def _check_option(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
     """Reject an unknown option value with a message that lists the valid ones."""
     if value not in allowed:
         raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(repr(a) for a in allowed)}")
@@ -84,7 +84,7 @@ def resolve_scheme(scheme: Any, antithetic: Any, default: str) -> str:
     if antithetic is not None and not isinstance(antithetic, bool):
         raise ValueError(f"antithetic must be True or False (or use scheme='central' / 'forward'), got {antithetic!r}")
     if scheme is not None:
-        check_option("scheme", scheme, SCHEMES)
+        _check_option("scheme", scheme, SCHEMES)
         if antithetic is not None and antithetic != (scheme == "central"):
             raise ValueError(f"scheme={scheme!r} contradicts antithetic={antithetic!r}; give one of them")
         return scheme
@@ -150,7 +150,7 @@ class VJPQuery:
         every sample of the batch, so the probes of one direction go to the
         device in one call.  Each coordinate has mean 0 and variance 1.
         """
-        check_option("distribution", distribution, DISTRIBUTIONS)
+        _check_option("distribution", distribution, DISTRIBUTIONS)
         shape = (count, self.batch, self.dim)
         if distribution == "rademacher":
             draw = torch.randint(0, 2, shape, generator=generator).mul_(2).sub_(1)
@@ -243,7 +243,7 @@ class Estimator(abc.ABC):
         return f"{type(self).__name__}({inner})"
 
 
-def directional_slopes(prober, points: Tensor, directions: Tensor, step: float, y: Tensor | None) -> Tensor:
+def _directional_slopes(prober, points: Tensor, directions: Tensor, step: float, y: Tensor | None) -> Tensor:
     """Measured slopes of the device along ``directions`` at ``points`` (both ``(N, d)``).
 
     One-sided ``(f(α + hε) − y) / h`` when the outputs ``y`` at ``points`` are
@@ -273,7 +273,7 @@ def directional_slopes(prober, points: Tensor, directions: Tensor, step: float, 
     return difference / length.clamp(min=torch.finfo(norm.dtype).tiny).unsqueeze(1)
 
 
-def make_generator(seed: int | None) -> torch.Generator:
+def _make_generator(seed: int | None) -> torch.Generator:
     """A CPU generator seeded with ``seed`` (a fresh random seed when None)."""
     generator = torch.Generator()
     if seed is None:

@@ -1,4 +1,4 @@
-"""The complex-step derivative (seed 003): no subtractive cancellation."""
+"""The complex-step derivative: no subtractive cancellation."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Option 1 of seed 000: a differentiable digital twin of the device."""
+"""A differentiable digital twin of the device (the first kind of learned backward)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from ..nets import MLP, embedded
-from .base import check_option, check_hidden
-from .learned import BUFFER_BYTES, LearnedEstimator, ReplayBuffer, training_loss
+from .base import _check_option, check_hidden
+from .learned import BUFFER_BYTES, LearnedEstimator, _ReplayBuffer, training_loss
 
 
 class DigitalTwin(LearnedEstimator):
@@ -84,9 +84,9 @@ class DigitalTwin(LearnedEstimator):
         self.hidden = check_hidden(hidden)
         self.online = bool(online)
         self.slope_weight = float(slope_weight)
-        check_option("slope_fit", slope_fit, ("difference", "jvp"))
+        _check_option("slope_fit", slope_fit, ("difference", "jvp"))
         self.slope_fit = slope_fit
-        self.values = ReplayBuffer(buffer, max_bytes=BUFFER_BYTES)  # (α, y) pairs
+        self.values = _ReplayBuffer(buffer, max_bytes=BUFFER_BYTES)  # (α, y) pairs
 
     def default_model(self, d: int, m: int) -> nn.Module:
         return embedded(self.embedding, d, lambda width: MLP(width, m, self.hidden))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Estimator, VJPQuery, check_option, check_positive
+from .base import Estimator, VJPQuery, _check_option, check_positive
 
 
 class FiniteDifference(Estimator):
@@ -31,7 +31,7 @@ class FiniteDifference(Estimator):
     _repr_fields = ("step", "scheme")
 
     def __init__(self, step: float | None = None, scheme: str = "central") -> None:
-        check_option("scheme", scheme, ("central", "forward"))
+        _check_option("scheme", scheme, ("central", "forward"))
         check_positive("step", step, allow_none=True)
         self.step = step
         self.scheme = scheme

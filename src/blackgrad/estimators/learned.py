@@ -1,6 +1,6 @@
 """What the learned estimators share: probing, a replay buffer, online training, state.
 
-Seed 000's three options each learn the missing backward pass from data the
+Three kinds of estimator learn the missing backward pass from data the
 device gives: a differentiable twin of ``f`` (option 1), a Jacobian model
 ``J(α)`` (option 2), a VJP model ``g(α, grad_out)`` (option 3).  Their training
 data are *probe rows*: a point ``α``, a random direction ``ε`` (Rademacher,
@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import Estimator, VJPQuery, check_option, check_positive, directional_slopes, make_generator
+from .base import Estimator, VJPQuery, _check_option, check_positive, _directional_slopes, _make_generator
 from .fidelity import DEFAULT_GATE, Fidelity, FidelityMonitor
 
 TRAINING_LOSSES = ("mse", "cosine", "mse+cosine")
@@ -46,7 +46,7 @@ def training_loss(prediction: Tensor, target: Tensor, kind: str) -> Tensor:
     ``mse``: ``mean |p − t|² / mean |t|²`` (normalised, so the learning rate
     does not depend on the device's scale); ``cosine``: ``1 − cos(p, t)`` per
     row (rows of a 1-D tensor: one cosine over the whole vector), blind to
-    scale (seed 001); ``mse+cosine``: their sum.
+    scale (for a device whose gain drifts or is unknown); ``mse+cosine``: their sum.
     """
     mse = (prediction - target).pow(2).mean() / target.pow(2).mean().clamp(min=1e-30)
     if kind == "mse":
@@ -67,7 +67,7 @@ MIN_REPLAY_BATCH = 32
 BUFFER_BYTES = 256 * 2**20
 
 
-class ReplayBuffer:
+class _ReplayBuffer:
     """A ring buffer of named tensor rows, sampled uniformly with a given generator.
 
     ``max_bytes``: when the first rows arrive and their width is known, the
@@ -199,8 +199,8 @@ class LearnedEstimator(Estimator):
         if isinstance(probes, bool) or not isinstance(probes, (int, float)) or probes < 0:
             raise ValueError(f"probes must be a non-negative number, got {probes!r}")
         check_positive("step", step, allow_none=True)
-        check_option("scheme", scheme, ("forward", "central"))
-        check_option("loss", loss, TRAINING_LOSSES)
+        _check_option("scheme", scheme, ("forward", "central"))
+        _check_option("loss", loss, TRAINING_LOSSES)
         check_positive("lr", lr)
         if isinstance(updates, bool) or not isinstance(updates, int) or updates < 0:
             raise ValueError(f"updates must be a non-negative int, got {updates!r}")
@@ -208,7 +208,7 @@ class LearnedEstimator(Estimator):
         if model is not None and not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if isinstance(embedding, str):
-            check_option("embedding", embedding, ("auto",))
+            _check_option("embedding", embedding, ("auto",))
         elif embedding is not None and not hasattr(embedding, "out_features"):
             raise TypeError("embedding needs an out_features attribute giving its output width")
         monitor = FidelityMonitor(gate, gate_rows)  # validates the gate before anything is kept
@@ -221,10 +221,10 @@ class LearnedEstimator(Estimator):
         self.lr = lr
         self.updates = updates
         self.batch_size = batch_size
-        self.buffer = ReplayBuffer(buffer, max_bytes=BUFFER_BYTES)
+        self.buffer = _ReplayBuffer(buffer, max_bytes=BUFFER_BYTES)
         self._optimizer_factory = optimizer
         self.optimizer: torch.optim.Optimizer | None = None
-        self.generator = make_generator(seed)
+        self.generator = _make_generator(seed)
         self.sizes: tuple[int, int] | None = None  # (d, m) once known
         self.train_losses: list[float] = []
         if prior is not None and not hasattr(prior, "twin_slope"):
@@ -411,7 +411,7 @@ class LearnedEstimator(Estimator):
         points = alpha[pick_b]
         h = self.probe_step(alpha.dtype)
         y = None if self.scheme == "central" else query.y[pick_b]
-        slope = directional_slopes(prober, points, direction, h, y)
+        slope = _directional_slopes(prober, points, direction, h, y)
         return points, direction, slope, query.grad_out[pick_b]
 
     def probe_step(self, dtype: torch.dtype, order: int | None = None) -> float:
@@ -595,4 +595,4 @@ def random_training_grad(rows: dict[str, Tensor], mode: str, generator: torch.Ge
     return draw / draw.norm(dim=1, keepdim=True)
 
 
-__all__ = ["LearnedEstimator", "resolve_prior", "ReplayBuffer", "training_loss", "TRAINING_LOSSES", "random_training_grad"]
+__all__ = ["LearnedEstimator", "resolve_prior", "_ReplayBuffer", "training_loss", "TRAINING_LOSSES", "random_training_grad"]

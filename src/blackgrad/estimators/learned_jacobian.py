@@ -1,4 +1,4 @@
-"""Option 2 of seed 000: a learned Jacobian model ``J(α)``."""
+"""A learned Jacobian model ``J(α)`` (the second kind of learned backward)."""
 
 from __future__ import annotations
 
@@ -115,8 +115,8 @@ class LearnedJacobian(LearnedEstimator):
       of rank 64 and a net ``h`` of 64 outputs, whose training step stays
       within a second at ``m = d = 4096`` (``benchmarks/learned_scaling.py``);
     * ``model=``: any ``nn.Module`` mapping ``(B, d)`` to ``(B, m, d)`` — the
-      structure of the expected Jacobian when it is known (seed 001's restore
-      experiment), e.g. :class:`~blackgrad.nets.ConstantJacobian` for a linear
+      structure of the expected Jacobian when it is known (a Jacobian restored
+      from probes of a device of known form), e.g. :class:`~blackgrad.nets.ConstantJacobian` for a linear
       device, which then recovers the device matrix itself.
 
     ``prior="twin"`` (the default, ``"auto"``, unless ``model=`` is given): the Jacobian is that of a

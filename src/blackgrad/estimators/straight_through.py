@@ -1,4 +1,4 @@
-"""A user-given surrogate derivative: no probes at all (seed 001)."""
+"""A user-given surrogate derivative: no probes at all."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from .base import Estimator, VJPQuery
 class StraightThrough(Estimator):
     """Backward through a surrogate instead of the device: zero evaluations.
 
-    Seed 001's activation lessons: a threshold forward with a sigmoid
-    backward, or the Cantor function with an identity backward, trains where
-    the true derivative (zero almost everywhere) cannot.
+    A surrogate gradient: a threshold forward with a sigmoid backward, or
+    the Cantor function with an identity backward, trains where the true
+    derivative (zero almost everywhere) cannot.
 
     Give exactly one of:
 
