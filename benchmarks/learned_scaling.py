@@ -8,9 +8,10 @@ and its online training); it prints the first step's time, the median of the
 later ones and of their CPU time (one thread: on a machine shared with other
 jobs, the time the step would take on an idle core), and the process's peak resident memory (``ru_maxrss``) beside
 what it held before the first step (torch, the device's ``W``, the batch), so
-that their difference is what the estimator itself needed, and the full
-size of its replay buffers, which are allocated whole but paged in as they
-fill (a short run has touched only part of them).  A configuration
+that their difference is what the estimator itself needed, and of that the
+replay buffers, allocated whole (and zeroed) when the first rows arrive: the
+peak already holds them at their full size, as it will after any number of
+steps.  A configuration
 that takes longer than ``--timeout`` seconds is reported as such.
 
     python benchmarks/learned_scaling.py [--sizes 256 1024 4096] [--steps 6]
@@ -73,7 +74,7 @@ def one(name: str, n: int, steps: int) -> dict:
     buffers = [box.estimator.buffer] + [getattr(e, b) for e in (box.estimator, prior) if e is not None for b in ("values",) if hasattr(e, b)]
     if prior is not None:
         buffers.append(prior.buffer)
-    # the replay buffers are allocated whole but paged in as they fill: their full size, to add to the peak
+    # the replay buffers are allocated whole, and zeroed, when their first rows arrive: part of the peak
     full = sum(t.numel() * t.element_size() for buffer in buffers for t in buffer.data.values()) / 2**20
     return dict(first=times[0], later=statistics.median(times[1:]), later_cpu=statistics.median(cpu[1:]), before=before, peak=rss_mb(), parameters=parameters, buffers=full)
 
@@ -98,7 +99,7 @@ def main() -> None:
     print()
     print(
         "| estimator | n = m | model parameters | first step (s) | later steps (s, median) | their CPU time (s) | peak memory (MB) "
-        "| of it before the first step (MB) | replay buffers when full (MB) |"
+        "| of it before the first step (MB) | of it the replay buffers (MB) |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in args.estimators:

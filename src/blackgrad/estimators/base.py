@@ -20,7 +20,8 @@ The methods:
 ``vjp(prober, query) -> Tensor``
     returns ``grad_α`` of shape ``(B, d)`` (its inactive columns are ignored).
     The only way to evaluate the device is ``prober(rows)`` with rows of shape
-    ``(N, d)``, which returns ``(N, m)`` and counts ``N`` probe evaluations.
+    ``(N, d)``, which returns ``(N, m)`` and counts ``N`` probe evaluations
+    (the :class:`ProberLike` protocol).
 ``observe(alpha, y)``
     is offered every forward batch evaluated in training mode, at no device
     cost: forward data is free data for learned and secant estimators.
@@ -44,7 +45,7 @@ from __future__ import annotations
 import abc
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor
@@ -112,6 +113,20 @@ def default_step(dtype: torch.dtype, order: int) -> float:
     """
     eps = torch.finfo(dtype).eps
     return eps ** (1.0 / (order + 1))
+
+
+class ProberLike(Protocol):
+    """What an estimator may call to evaluate the device: a :class:`~blackgrad.Prober`.
+
+    ``prober(rows)`` evaluates rows ``(N, d)`` of ``α = (x, θ)`` and returns
+    ``(N, m)``, counting ``N`` evaluations of ``kind`` (``"probe"``, or
+    ``"calibration"``).  ``differentiable=True`` keeps the device's autograd
+    graph (for a device written in torch).  Any function of rows that
+    returns outputs will do outside a black box (a simulated device in an
+    experiment), which is why this is a protocol and not a class.
+    """
+
+    def __call__(self, rows: Tensor, differentiable: bool = False, kind: str = "probe") -> Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -211,8 +226,8 @@ class Estimator(abc.ABC):
         """Learn from a forward batch; the default ignores it."""
 
     @abc.abstractmethod
-    def vjp(self, prober, query: VJPQuery) -> Tensor:
-        """Return the estimated ``grad_out ⋅ J(α)`` of shape ``(B, d)``."""
+    def vjp(self, prober: ProberLike, query: VJPQuery) -> Tensor:
+        """Return the estimated ``grad_out ⋅ J(α)`` of shape ``(B, d)``, evaluating the device through ``prober`` only."""
 
     @abc.abstractmethod
     def probe_cost(self, d: int, m: int, batch: int) -> int:
@@ -243,7 +258,7 @@ class Estimator(abc.ABC):
         return f"{type(self).__name__}({inner})"
 
 
-def _directional_slopes(prober, points: Tensor, directions: Tensor, step: float, y: Tensor | None) -> Tensor:
+def _directional_slopes(prober: ProberLike, points: Tensor, directions: Tensor, step: float, y: Tensor | None) -> Tensor:
     """Measured slopes of the device along ``directions`` at ``points`` (both ``(N, d)``).
 
     One-sided ``(f(α + hε) − y) / h`` when the outputs ``y`` at ``points`` are

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Estimator, VJPQuery, check_positive, _make_generator
+from .base import Estimator, ProberLike, VJPQuery, check_positive, _make_generator
 from .fidelity import Fidelity, FidelityMonitor
 
 #: Broyden's gate opens at 0.8 and closes below 0.6: stricter than the learned
@@ -99,7 +99,7 @@ class Broyden(Estimator):
         jacobian = self._ensure(y.shape[1], alpha.shape[1], alpha)
         self.jacobian = self._update(jacobian, alpha.diff(dim=0), y.diff(dim=0))
 
-    def vjp(self, prober, query: VJPQuery) -> Tensor:
+    def vjp(self, prober: ProberLike, query: VJPQuery) -> Tensor:
         alpha = query.alpha
         jacobian = self._ensure(query.y.shape[1], query.dim, alpha)
         if self.probes > 0 and query.n_active > 0:

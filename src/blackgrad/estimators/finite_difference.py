@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Estimator, VJPQuery, _check_option, check_positive
+from .base import Estimator, ProberLike, VJPQuery, _check_option, check_positive
 
 
 class FiniteDifference(Estimator):
@@ -36,7 +36,7 @@ class FiniteDifference(Estimator):
         self.step = step
         self.scheme = scheme
 
-    def vjp(self, prober, query: VJPQuery) -> Tensor:
+    def vjp(self, prober: ProberLike, query: VJPQuery) -> Tensor:
         alpha, grad = query.alpha, torch.zeros_like(query.alpha)
         index = query.active_index()
         k, batch = index.numel(), query.batch

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import Estimator, VJPQuery, _check_option, check_positive, _directional_slopes, _make_generator
+from .base import Estimator, ProberLike, VJPQuery, _check_option, check_positive, _directional_slopes, _make_generator
 from .fidelity import DEFAULT_GATE, Fidelity, FidelityMonitor
 
 TRAINING_LOSSES = ("mse", "cosine", "mse+cosine")
@@ -270,7 +270,7 @@ class LearnedEstimator(Estimator):
         if self.prior is not None:
             self.prior.observe(alpha, y)
 
-    def vjp(self, prober, query: VJPQuery) -> Tensor:
+    def vjp(self, prober: ProberLike, query: VJPQuery) -> Tensor:
         self.prepare(query.dim, query.y.shape[1], query.alpha, shared=query.shared)
         if self.probe_cost(query.n_active, query.y.shape[1], query.batch) > 0:
             self.record(*self.probe(prober, query))

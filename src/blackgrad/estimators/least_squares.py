@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Estimator, VJPQuery, _check_option, check_positive, _make_generator
+from .base import Estimator, ProberLike, VJPQuery, _check_option, check_positive, _make_generator
 
 
 class LeastSquares(Estimator):
@@ -76,7 +76,7 @@ class LeastSquares(Estimator):
     def _n_probes(self, d: int) -> int:
         return d if self.probes is None else self.probes
 
-    def vjp(self, prober, query: VJPQuery) -> Tensor:
+    def vjp(self, prober: ProberLike, query: VJPQuery) -> Tensor:
         alpha, grad = query.alpha, torch.zeros_like(query.alpha)
         index = query.active_index()
         k, batch = index.numel(), query.batch

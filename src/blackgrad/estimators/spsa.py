@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import DISTRIBUTIONS, Estimator, VJPQuery, _check_option, check_positive, _directional_slopes, _make_generator, resolve_scheme
+from .base import DISTRIBUTIONS, Estimator, ProberLike, VJPQuery, _check_option, check_positive, _directional_slopes, _make_generator, resolve_scheme
 from .fidelity import DEFAULT_GATE, Fidelity, FidelityMonitor
 
 
@@ -76,7 +76,7 @@ class SPSA(Estimator):
         """True for central (two-sided) differences."""
         return self.scheme == "central"
 
-    def vjp(self, prober, query: VJPQuery) -> Tensor:
+    def vjp(self, prober: ProberLike, query: VJPQuery) -> Tensor:
         alpha = query.alpha
         if query.n_active == 0:
             return torch.zeros_like(alpha)

@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .base import Estimator, VJPQuery
+from .base import Estimator, ProberLike, VJPQuery
 
 
 class StraightThrough(Estimator):
@@ -47,7 +47,7 @@ class StraightThrough(Estimator):
         self.derivative = derivative
         self.surrogate = surrogate
 
-    def vjp(self, prober, query: VJPQuery) -> Tensor:
+    def vjp(self, prober: ProberLike, query: VJPQuery) -> Tensor:
         alpha, n = query.alpha, query.n_inputs
         has_theta = n < alpha.shape[1]
         x = alpha[:, :n] if has_theta else alpha

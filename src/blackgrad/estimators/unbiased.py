@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import DISTRIBUTIONS, Estimator, VJPQuery, _check_option, check_positive, _directional_slopes, _make_generator, resolve_scheme
+from .base import DISTRIBUTIONS, Estimator, ProberLike, VJPQuery, _check_option, check_positive, _directional_slopes, _make_generator, resolve_scheme
 from .fidelity import DEFAULT_GATE, Fidelity, FidelityMonitor
 from .learned import LearnedEstimator
 
@@ -192,7 +192,7 @@ class Unbiased(Estimator):
     def observe(self, alpha: Tensor, y: Tensor) -> None:
         self.inner.observe(alpha, y)
 
-    def vjp(self, prober, query: VJPQuery) -> Tensor:
+    def vjp(self, prober: ProberLike, query: VJPQuery) -> Tensor:
         alpha, k, batch = query.alpha, self.directions, query.batch
         learned = isinstance(self.inner, LearnedEstimator)
         if learned:
