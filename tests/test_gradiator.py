@@ -1,10 +1,11 @@
-"""gradiator and no_grad: exact backward passes, tuples, needs_input_grad, errors."""
+"""gradiator and nondifferentiable: exact backward passes, tuples, needs_input_grad, errors."""
 
 import numpy as np
 import pytest
 import torch
 
-from blackgrad import GradientShapeError, NoGradientError, gradiator, no_grad
+import blackgrad as bg
+from blackgrad import GradientShapeError, NoGradientError, gradiator, nondifferentiable
 
 
 def _square_grad(x, g):
@@ -90,11 +91,11 @@ def test_wrong_gradient_shape_is_an_error():
         bad(x).sum().backward()
 
 
-def test_no_grad_forward_works_and_errors_only_when_needed():
+def test_nondifferentiable_forward_works_and_errors_only_when_needed():
     def quantize(x):
         return torch.round(x * 4) / 4
 
-    q = no_grad(quantize)
+    q = nondifferentiable(quantize)
     x = torch.randn(5, requires_grad=True)
     y = q(x)  # forward is fine even though x requires grad
     assert torch.equal(y, quantize(x.detach()))
@@ -106,6 +107,18 @@ def test_no_grad_forward_works_and_errors_only_when_needed():
     q(torch.randn(5)).sum()
     with pytest.raises(NoGradientError, match="'quantize'"):
         (q(x) * other).sum().backward()
+
+
+def test_no_grad_is_a_deprecated_alias_of_nondifferentiable():
+    def quantize(x):
+        return torch.round(x * 4) / 4
+
+    with pytest.warns(DeprecationWarning, match="blackgrad.no_grad is deprecated.*blackgrad.nondifferentiable"):
+        q = bg.no_grad(quantize)
+    x = torch.randn(5, requires_grad=True)
+    assert torch.equal(q(x), quantize(x.detach()))
+    with pytest.raises(NoGradientError, match="'quantize' .* declared nondifferentiable"):
+        q(x).sum().backward()
 
 
 def test_none_for_a_needed_gradient_is_an_error():

@@ -4,6 +4,8 @@ The black box — a physical device, a simulator, non-differentiable code — ru
 for real in the forward pass; a gradient estimator supplies the backward pass.
 """
 
+from importlib import metadata as _metadata
+
 from . import activations, devices, estimators, losses, nets, transforms
 from .calibration import DeviceProfile, calibrate
 from .errors import (
@@ -18,12 +20,15 @@ from .errors import (
     NoGradientError,
     PoolError,
 )
-from .function import gradiator, no_grad
+from .function import gradiator, no_grad, nondifferentiable
 from .module import BlackBox
 from .checkpoint import Checkpoint
 from .prober import Ledger, Prober, RetryPolicy
 
-__version__ = "0.1.0"
+try:  # the version is the installed package's, written once in pyproject.toml
+    __version__ = _metadata.version("blackgrad")
+except _metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "BlackBox",
@@ -31,6 +36,7 @@ __all__ = [
     "calibrate",
     "DeviceProfile",
     "gradiator",
+    "nondifferentiable",
     "no_grad",
     "estimators",
     "devices",

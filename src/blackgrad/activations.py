@@ -35,7 +35,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .estimators.base import make_generator
+from .estimators.base import _make_generator
 from .function import gradiator
 
 __all__ = [
@@ -220,7 +220,7 @@ class Perlin(nn.Module):
         if period < 2:
             raise ValueError(f"period must be at least 2, got {period!r}")
         self.seed, self.frequency, self.amplitude, self.period = seed, float(frequency), float(amplitude), int(period)
-        slopes = torch.rand(self.period, generator=make_generator(seed), dtype=torch.float64) * 2 - 1
+        slopes = torch.rand(self.period, generator=_make_generator(seed), dtype=torch.float64) * 2 - 1
         self.register_buffer("slopes", slopes)
 
     def forward(self, x: Tensor) -> Tensor:

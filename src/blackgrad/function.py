@@ -1,13 +1,15 @@
 """``gradiator``: a function with a hand-given backward, usable anywhere in a graph.
 
-Seed 002's ``gradiator(fun, grad_fun)`` and seed 004's ``op1/op2/opN`` and
-``noGrad``, written as a ``torch.autograd.Function`` in the ``setup_context``
-style so that it composes with ``torch.func``.
+A function with a hand-written backward (``gradiator(fun, grad_fun)``, for
+any number of inputs and outputs) and one declared to have none
+(``nondifferentiable``), written as a ``torch.autograd.Function`` in the
+``setup_context`` style so that it composes with ``torch.func``.
 """
 
 from __future__ import annotations
 
 import inspect
+import warnings
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -187,8 +189,8 @@ def gradiator(fun: Callable[..., Any], grad_fun: Callable[..., Any], name: str |
     return apply
 
 
-def no_grad(fun: Callable[..., Any], name: str | None = None) -> Callable[..., Any]:
-    """Mark ``fun`` as having no known gradient (seed 004's ``noGrad``).
+def nondifferentiable(fun: Callable[..., Any], name: str | None = None) -> Callable[..., Any]:
+    """Mark ``fun`` as having no known gradient.
 
     The forward pass works as usual.  The error comes only when, and only if,
     autograd actually needs a gradient through ``fun``: calling it on inputs
@@ -202,9 +204,24 @@ def no_grad(fun: Callable[..., Any], name: str | None = None) -> Callable[..., A
         wanted = [i for i, flag in enumerate(needs_input_grad) if flag]
         raise NoGradientError(
             f"a gradient is needed through {label!r} (for input(s) {wanted}), but it was declared "
-            "with no_grad: it has no known gradient. Wrap it in a BlackBox with an estimator, or "
+            "nondifferentiable: it has no known gradient. Wrap it in a BlackBox with an estimator, or "
             "detach its inputs."
         )
 
-    refuse.__name__ = f"no_grad[{label}]"
+    refuse.__name__ = f"nondifferentiable[{label}]"
     return gradiator(fun, refuse, name=label)
+
+
+def no_grad(fun: Callable[..., Any], name: str | None = None) -> Callable[..., Any]:
+    """Deprecated name of :func:`nondifferentiable` (kept for one release).
+
+    It read like ``torch.no_grad``, which turns gradients off; this one makes
+    a needed gradient an error.
+    """
+    warnings.warn(
+        "blackgrad.no_grad is deprecated and will be removed: it is blackgrad.nondifferentiable "
+        "(a function with no known gradient), not torch.no_grad",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return nondifferentiable(fun, name=name)

@@ -17,7 +17,7 @@ from .estimators.exact import require_graph
 from .estimators.learned import LearnedEstimator
 from .estimators.learned_jacobian import LearnedJacobian
 from .function import first_order_only
-from .prober import Ledger, Prober, RetryPolicy
+from .prober import Ledger, Prober, RetryPolicy, all_finite
 
 
 def default_estimator() -> Estimator:
@@ -38,7 +38,28 @@ def default_estimator() -> Estimator:
 
 
 class _BlackBoxFunction(torch.autograd.Function):
-    """Forward: the real device, through the prober.  Backward: the estimator."""
+    """Forward: the real device, through the prober.  Backward: the estimator.
+
+    Written in the classic style (``forward(ctx, ...)``): torch binds the
+    arguments of a ``setup_context``-style function to its signature with
+    ``inspect`` on every call, which costs as much as a cheap device.  Under
+    a ``torch.func`` transform, which needs ``setup_context``,
+    :class:`_TransformableBlackBoxFunction` runs instead (see :func:`_apply`).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, theta: Tensor | None, box: "BlackBox") -> Tensor:
+        y = box.prober.forward(x, theta)
+        _save(ctx, x, theta, box, y)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        return _backward(ctx, grad_y)
+
+
+class _TransformableBlackBoxFunction(torch.autograd.Function):
+    """:class:`_BlackBoxFunction` in the ``setup_context`` style that ``torch.func`` transforms require."""
 
     @staticmethod
     def forward(x: Tensor, theta: Tensor | None, box: "BlackBox") -> Tensor:
@@ -46,33 +67,51 @@ class _BlackBoxFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-        x, theta, box = inputs
-        ctx.box = box
-        ctx.has_theta = theta is not None
-        ctx.save_for_backward(x, output, *( (theta,) if theta is not None else ()))
+        _save(ctx, *inputs, output)
 
     @staticmethod
     def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
-        x, y, *rest = ctx.saved_tensors
-        theta = rest[0] if ctx.has_theta else None
-        need_x, need_theta = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        with torch.no_grad():
-            grad_x, grad_theta = ctx.box._estimate(x, theta, y, grad_y, need_x, need_theta)
-        if torch.is_grad_enabled():
-            # create_graph=True: this gradient may be differentiated again, and an estimate has no
-            # derivative to give (it depends on x through J(x), unknown).  Dropping that term would
-            # be a silently wrong second derivative: the gradients refuse to be differentiated.
-            box = ctx.box
-            message = (
-                f"a second derivative through black box {box.name!r} was asked for (a gradient computed with "
-                f"create_graph=True was differentiated again), but its estimator {type(box.estimator).__name__} "
-                "gives first-order gradients only: an estimated vector-Jacobian product has no derivative to give. "
-                "Use the Exact() estimator if the device is differentiable torch code, or compute the first "
-                "gradient with create_graph=False"
-            )
-            sources = (x, theta, grad_y)
-            grad_x, grad_theta = (None if g is None else first_order_only(g, message, *sources) for g in (grad_x, grad_theta))
-        return grad_x, grad_theta, None
+        return _backward(ctx, grad_y)
+
+
+# torch's own test of whether a torch.func transform is running (absent: always take the transformable path)
+_transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+
+
+def _apply(x: Tensor, theta: Tensor | None, box: "BlackBox") -> Tensor:
+    """The device's output at ``x`` (and ``theta``) with the estimator as its backward."""
+    if _transforms_active is None or _transforms_active():
+        return _TransformableBlackBoxFunction.apply(x, theta, box)
+    return _BlackBoxFunction.apply(x, theta, box)
+
+
+def _save(ctx: Any, x: Tensor, theta: Tensor | None, box: "BlackBox", output: Tensor) -> None:
+    ctx.box = box
+    ctx.has_theta = theta is not None
+    ctx.save_for_backward(x, output, *((theta,) if theta is not None else ()))
+
+
+def _backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+    x, y, *rest = ctx.saved_tensors
+    theta = rest[0] if ctx.has_theta else None
+    need_x, need_theta = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    with torch.no_grad():
+        grad_x, grad_theta = ctx.box._estimate(x, theta, y, grad_y, need_x, need_theta)
+    if torch.is_grad_enabled():
+        # create_graph=True: this gradient may be differentiated again, and an estimate has no
+        # derivative to give (it depends on x through J(x), unknown).  Dropping that term would
+        # be a silently wrong second derivative: the gradients refuse to be differentiated.
+        box = ctx.box
+        message = (
+            f"a second derivative through black box {box.name!r} was asked for (a gradient computed with "
+            f"create_graph=True was differentiated again), but its estimator {type(box.estimator).__name__} "
+            "gives first-order gradients only: an estimated vector-Jacobian product has no derivative to give. "
+            "Use the Exact() estimator if the device is differentiable torch code, or compute the first "
+            "gradient with create_graph=False"
+        )
+        sources = (x, theta, grad_y)
+        grad_x, grad_theta = (None if g is None else first_order_only(g, message, *sources) for g in (grad_x, grad_theta))
+    return grad_x, grad_theta, None
 
 
 class _RealView:
@@ -252,6 +291,7 @@ class BlackBox(nn.Module):
         self.prober: Prober | None = None
         self.recorder = _recorder(record)
         self._ledger = Ledger()
+        self._mask_cache: dict[tuple[Any, ...], tuple[Tensor, Tensor]] = {}
         self._calibrate = calibrate is True
         self.profile: DeviceProfile | None = calibrate if isinstance(calibrate, DeviceProfile) else None
         if self.profile is not None:
@@ -305,7 +345,8 @@ class BlackBox(nn.Module):
                 f"got {tuple(x.shape)}"
             )
         batch = x.shape[0]
-        flat = x.reshape(batch, self.prober.n_x)
+        # rows as they are when already flat: a reshape would add a node to every backward pass
+        flat = x if x.dim() == 2 else x.reshape(batch, self.prober.n_x)
         theta = self.params
         if theta is not None and theta.dtype != flat.dtype:
             theta = theta.to(flat.dtype)
@@ -350,10 +391,11 @@ class BlackBox(nn.Module):
             elif wants_gradient:
                 require_graph(y, self.name)
         else:
-            y = _BlackBoxFunction.apply(flat, theta, self)
+            y = _apply(flat, theta, self)
         if self.training:
             self._observe(flat.detach(), None if theta is None else theta.detach(), y.detach())
-        return y.reshape((batch,) + self.prober.out_shape)
+        out_shape = self.prober.out_shape
+        return y if len(out_shape) == 1 else y.reshape((batch,) + out_shape)
 
     def calibrate(self, x: Tensor, **options: Any) -> DeviceProfile:
         """Measure the device at inputs ``x`` (and the current θ) and hand the profile to the estimator.
@@ -451,6 +493,20 @@ class BlackBox(nn.Module):
             return x
         return torch.cat([x, theta.expand(x.shape[0], -1)], dim=1)
 
+    def _masks(self, n: int, p: int, need_x: bool, need_theta: bool, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The ``active`` and ``shared`` masks of a query over ``n`` input and ``p`` parameter columns.
+
+        Made once per layout and kept: building them from Python lists on
+        every backward pass cost more than a cheap device's own backward.
+        """
+        key = (n, p, need_x, need_theta, device)
+        masks = self._mask_cache.get(key)
+        if masks is None:
+            active = torch.tensor([need_x] * n + [need_theta] * p, device=device)
+            shared = torch.tensor([False] * n + [True] * p, device=device)
+            masks = self._mask_cache[key] = (active, shared)
+        return masks
+
     def _backward_cost(self, batch: int, need_x: bool, need_theta: bool, complex_: bool) -> int:
         """Probe evaluations the backward pass of a batch spends (``Estimator.probe_cost``)."""
         if batch == 0:
@@ -479,13 +535,15 @@ class BlackBox(nn.Module):
             return (torch.zeros_like(x) if need_x else None), (torch.zeros_like(theta) if need_theta else None)
         # Refused here, before the estimator draws a direction or spends an inner probe: a refused
         # backward leaves every estimator state (generators, buffers, fidelity) as it was.
-        self.prober.check_budget(self._backward_cost(x.shape[0], need_x, need_theta, x.is_complex()), "backward")
+        if self.prober.budget is not None:
+            self.prober.check_budget(self._backward_cost(x.shape[0], need_x, need_theta, x.is_complex()), "backward")
         complex_ = x.is_complex()
         width = 2 if complex_ else 1  # real coordinates per coordinate of α
-        active = torch.tensor([need_x] * (n * width) + [need_theta] * (p * width), device=x.device)
-        shared = torch.tensor([False] * (n * width) + [True] * (p * width), device=x.device)
+        active, shared = self._masks(n * width, p * width, need_x, need_theta, x.device)
         alpha = _as_real(self._alpha(x, theta))
-        query = VJPQuery(alpha=alpha, y=_as_real(y), grad_out=_as_real(grad_y), active=active, shared=shared)
+        query = VJPQuery(
+            alpha=alpha, y=_as_real(y), grad_out=_as_real(grad_y), active=active, shared=shared, inputs=n * width
+        )
         grad = self.estimator.vjp(_RealView(self.prober) if complex_ else self.prober, query)
         if not isinstance(grad, Tensor) or grad.shape != query.alpha.shape:
             shape = tuple(grad.shape) if isinstance(grad, Tensor) else type(grad).__name__
@@ -493,13 +551,15 @@ class BlackBox(nn.Module):
                 f"estimator {self.estimator!r} returned a gradient of shape {shape}; "
                 f"expected {tuple(query.alpha.shape)} (batch, {n * width} inputs + {p * width} params)"
             )
-        if not bool(torch.isfinite(grad[:, active]).all()):
+        # the active columns only, as a view: x's first, θ's last
+        checked = grad if p == 0 or (need_x and need_theta) else grad[:, : n * width] if need_x else grad[:, n * width :]
+        if not all_finite(checked):
             raise FloatingPointError(
                 f"estimator {self.estimator!r} returned NaN or Inf gradients for black box {self.name!r}"
             )
         if complex_:
             grad = torch.view_as_complex(grad.reshape(grad.shape[0], -1, 2).contiguous())
-        grad_x = grad[:, :n].to(x.dtype) if need_x else None
+        grad_x = None if not need_x else (grad if p == 0 else grad[:, :n]).to(x.dtype)
         grad_theta = grad[:, n:].sum(0) if need_theta else None
         return grad_x, grad_theta
 

@@ -1,11 +1,11 @@
 """Small networks used as learned backward models.
 
 * :class:`MLP` — the deep fully connected net.
-* :class:`LogLinExp` — seed 001's Log-Lin-Exp layer: learnable products of powers.
-* :class:`LogLinExpNet` — Linear → LogLinExp → Linear, the architecture seed 001
-  compares with the fully connected net.
+* :class:`LogLinExp` — the Log-Lin-Exp layer: learnable products of powers.
+* :class:`LogLinExpNet` — Linear → LogLinExp → Linear, an alternative to the
+  fully connected net for devices that multiply their inputs.
 * :class:`ConstantJacobian` — a Jacobian model with the structure of a linear
-  device given (seed 001's restore experiment: ``J = θ`` for ``f = θx``).
+  device given (for ``f = θx`` it learns ``J = θ``, the device matrix itself).
 * :class:`FourierFeatures` — periodic input features, for devices whose inputs
   are phases (or that respond with high spatial frequency).
 * :class:`MultiScaleFourier` — periodic features at octave-spaced frequencies

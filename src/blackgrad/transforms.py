@@ -55,7 +55,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from .estimators.base import make_generator
+from .estimators.base import _make_generator
 from .function import gradiator
 
 __all__ = [
@@ -137,7 +137,7 @@ class SignFlip(GradientTransform):
 
     def __init__(self, p: float | Tensor, seed: int | None = 0) -> None:
         self.p = _parameter("SignFlip's probability p", p, 0.0, 1.0)
-        self.generator = make_generator(seed)
+        self.generator = _make_generator(seed)
 
     def __call__(self, g: Tensor) -> Tensor:
         flip = torch.rand(g.shape, generator=self.generator).to(g.device) < _per_member(self.p, g)

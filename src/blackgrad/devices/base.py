@@ -59,7 +59,7 @@ def power_of(field: Tensor) -> Tensor:
     return (field * field.conj()).real
 
 
-def make_generator(seed: int) -> torch.Generator:
+def _make_generator(seed: int) -> torch.Generator:
     """A CPU generator seeded with ``seed``.
 
     Devices draw their random numbers on the CPU and move them to x's device,

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import Device, make_generator
+from .base import Device, _make_generator
 
 
 class DeviceWrapper(Device):
@@ -93,7 +93,7 @@ class Noisy(DeviceWrapper):
         self.std = float(std)
         self.relative = bool(relative)
         self.seed = seed
-        self.generator = make_generator(seed)
+        self.generator = _make_generator(seed)
 
     def _state(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}
@@ -227,7 +227,7 @@ class Drifting(DeviceWrapper):
 
     def reset(self) -> None:
         """Undo all drift and restart the random walk from the seed."""
-        self.generator = make_generator(self.seed)
+        self.generator = _make_generator(self.seed)
         self.log_gain = torch.zeros(self.out_features, dtype=torch.float64)
         self.offset = torch.zeros(self.out_features, dtype=torch.float64)
         self.calls = 0
@@ -315,7 +315,7 @@ class Faulty(DeviceWrapper):
         self.latency = float(latency)
         self.hang = float(hang)
         self.seed = seed
-        self.generator = make_generator(seed)
+        self.generator = _make_generator(seed)
         self.calls = self.errors = self.nan_calls = self.hangs = self.bad_shapes = 0
         self.samples = self.faulty_samples = 0
 

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from .base import Device, make_generator
+from .base import Device, _make_generator
 
 
 class Linear(Device):
@@ -39,7 +39,7 @@ class Linear(Device):
         self.out_features = int(out_features)
         self.n_params = self.in_features * self.out_features
         self.seed = seed
-        generator = make_generator(seed)
+        generator = _make_generator(seed)
         self._theta0 = torch.randn(self.n_params, generator=generator, dtype=torch.float64) / math.sqrt(self.in_features)
 
     def matrix(self, theta: Tensor | None = None) -> Tensor:

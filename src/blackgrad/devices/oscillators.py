@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from .base import Device, make_generator, working_dtype
+from .base import Device, _make_generator, working_dtype
 
 
 class Oscillators(Device):
@@ -95,7 +95,7 @@ class Oscillators(Device):
         self.duration = float(duration)
         self.steps = int(steps)
         self.seed = seed
-        generator = make_generator(seed)
+        generator = _make_generator(seed)
         n = self.n_oscillators
         self.natural_frequencies = 0.8 + 0.4 * torch.rand(n, generator=generator, dtype=torch.float64)
         springs = torch.randn(n, n, generator=generator, dtype=torch.float64).abs().triu(1) * (self.coupling / math.sqrt(n))

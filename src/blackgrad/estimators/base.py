@@ -20,7 +20,8 @@ The methods:
 ``vjp(prober, query) -> Tensor``
     returns ``grad_α`` of shape ``(B, d)`` (its inactive columns are ignored).
     The only way to evaluate the device is ``prober(rows)`` with rows of shape
-    ``(N, d)``, which returns ``(N, m)`` and counts ``N`` probe evaluations.
+    ``(N, d)``, which returns ``(N, m)`` and counts ``N`` probe evaluations
+    (the :class:`ProberLike` protocol).
 ``observe(alpha, y)``
     is offered every forward batch evaluated in training mode, at no device
     cost: forward data is free data for learned and secant estimators.
@@ -44,7 +45,7 @@ from __future__ import annotations
 import abc
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor
@@ -55,7 +56,7 @@ if TYPE_CHECKING:
 DISTRIBUTIONS = ("rademacher", "gaussian")
 
 
-def check_option(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
+def _check_option(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
     """Reject an unknown option value with a message that lists the valid ones."""
     if value not in allowed:
         raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(repr(a) for a in allowed)}")
@@ -84,7 +85,7 @@ def resolve_scheme(scheme: Any, antithetic: Any, default: str) -> str:
     if antithetic is not None and not isinstance(antithetic, bool):
         raise ValueError(f"antithetic must be True or False (or use scheme='central' / 'forward'), got {antithetic!r}")
     if scheme is not None:
-        check_option("scheme", scheme, SCHEMES)
+        _check_option("scheme", scheme, SCHEMES)
         if antithetic is not None and antithetic != (scheme == "central"):
             raise ValueError(f"scheme={scheme!r} contradicts antithetic={antithetic!r}; give one of them")
         return scheme
@@ -114,6 +115,20 @@ def default_step(dtype: torch.dtype, order: int) -> float:
     return eps ** (1.0 / (order + 1))
 
 
+class ProberLike(Protocol):
+    """What an estimator may call to evaluate the device: a :class:`~blackgrad.Prober`.
+
+    ``prober(rows)`` evaluates rows ``(N, d)`` of ``α = (x, θ)`` and returns
+    ``(N, m)``, counting ``N`` evaluations of ``kind`` (``"probe"``, or
+    ``"calibration"``).  ``differentiable=True`` keeps the device's autograd
+    graph (for a device written in torch).  Any function of rows that
+    returns outputs will do outside a black box (a simulated device in an
+    experiment), which is why this is a protocol and not a class.
+    """
+
+    def __call__(self, rows: Tensor, differentiable: bool = False, kind: str = "probe") -> Tensor: ...
+
+
 @dataclass(frozen=True)
 class VJPQuery:
     """What the backward pass asks of an estimator (see the module docstring)."""
@@ -123,6 +138,13 @@ class VJPQuery:
     grad_out: Tensor
     active: Tensor
     shared: Tensor
+    #: how many leading columns of ``alpha`` are the input ``x`` (the rest are θ); None: counted from ``shared``
+    inputs: int | None = None
+
+    @property
+    def n_inputs(self) -> int:
+        """The number ``n`` of input columns, ahead of θ's ``p`` shared ones."""
+        return int((~self.shared).sum()) if self.inputs is None else self.inputs
 
     @property
     def batch(self) -> int:
@@ -143,7 +165,7 @@ class VJPQuery:
         every sample of the batch, so the probes of one direction go to the
         device in one call.  Each coordinate has mean 0 and variance 1.
         """
-        check_option("distribution", distribution, DISTRIBUTIONS)
+        _check_option("distribution", distribution, DISTRIBUTIONS)
         shape = (count, self.batch, self.dim)
         if distribution == "rademacher":
             draw = torch.randint(0, 2, shape, generator=generator).mul_(2).sub_(1)
@@ -204,8 +226,8 @@ class Estimator(abc.ABC):
         """Learn from a forward batch; the default ignores it."""
 
     @abc.abstractmethod
-    def vjp(self, prober, query: VJPQuery) -> Tensor:
-        """Return the estimated ``grad_out ⋅ J(α)`` of shape ``(B, d)``."""
+    def vjp(self, prober: ProberLike, query: VJPQuery) -> Tensor:
+        """Return the estimated ``grad_out ⋅ J(α)`` of shape ``(B, d)``, evaluating the device through ``prober`` only."""
 
     @abc.abstractmethod
     def probe_cost(self, d: int, m: int, batch: int) -> int:
@@ -236,7 +258,7 @@ class Estimator(abc.ABC):
         return f"{type(self).__name__}({inner})"
 
 
-def directional_slopes(prober, points: Tensor, directions: Tensor, step: float, y: Tensor | None) -> Tensor:
+def _directional_slopes(prober: ProberLike, points: Tensor, directions: Tensor, step: float, y: Tensor | None) -> Tensor:
     """Measured slopes of the device along ``directions`` at ``points`` (both ``(N, d)``).
 
     One-sided ``(f(α + hε) − y) / h`` when the outputs ``y`` at ``points`` are
@@ -266,7 +288,7 @@ def directional_slopes(prober, points: Tensor, directions: Tensor, step: float, 
     return difference / length.clamp(min=torch.finfo(norm.dtype).tiny).unsqueeze(1)
 
 
-def make_generator(seed: int | None) -> torch.Generator:
+def _make_generator(seed: int | None) -> torch.Generator:
     """A CPU generator seeded with ``seed`` (a fresh random seed when None)."""
     generator = torch.Generator()
     if seed is None:

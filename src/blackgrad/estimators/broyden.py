@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Estimator, VJPQuery, check_positive, make_generator
+from .base import Estimator, ProberLike, VJPQuery, check_positive, _make_generator
 from .fidelity import Fidelity, FidelityMonitor
 
 #: Broyden's gate opens at 0.8 and closes below 0.6: stricter than the learned
@@ -17,7 +17,7 @@ BROYDEN_GATE = (0.6, 0.8)
 class Broyden(Estimator):
     """One Jacobian estimate ``J`` (``m × d``) refined by rank-one secant updates.
 
-    Seed 002's single-sample view: a pair ``(dx, df)`` says only how ``J``
+    The secant view of one sample: a pair ``(dx, df)`` says only how ``J``
     acts along ``dx``, so the smallest change that satisfies ``J dx = df`` is
     the rank-one update ``J ← J + (df − J dx) dxᵀ / (dxᵀdx)``.  The estimate is
     kept online across training steps; each ``vjp`` first spends ``probes``
@@ -75,7 +75,7 @@ class Broyden(Estimator):
         self.probes = probes
         self.step = step
         self.observe_forward = bool(observe_forward)
-        self.generator = make_generator(seed)
+        self.generator = _make_generator(seed)
         self.jacobian: Tensor | None = None
 
     def _ensure(self, m: int, d: int, like: Tensor) -> Tensor:
@@ -99,7 +99,7 @@ class Broyden(Estimator):
         jacobian = self._ensure(y.shape[1], alpha.shape[1], alpha)
         self.jacobian = self._update(jacobian, alpha.diff(dim=0), y.diff(dim=0))
 
-    def vjp(self, prober, query: VJPQuery) -> Tensor:
+    def vjp(self, prober: ProberLike, query: VJPQuery) -> Tensor:
         alpha = query.alpha
         jacobian = self._ensure(query.y.shape[1], query.dim, alpha)
         if self.probes > 0 and query.n_active > 0:

@@ -1,4 +1,4 @@
-"""The complex-step derivative (seed 003): no subtractive cancellation."""
+"""The complex-step derivative: no subtractive cancellation."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DeviceOutputError
-from .base import Estimator, VJPQuery, check_positive
+from .base import Estimator, ProberLike, VJPQuery, check_positive
 
 
 class ComplexStep(Estimator):
@@ -28,7 +28,7 @@ class ComplexStep(Estimator):
         check_positive("step", step)
         self.step = step
 
-    def vjp(self, prober, query: VJPQuery) -> Tensor:
+    def vjp(self, prober: ProberLike, query: VJPQuery) -> Tensor:
         alpha, grad = query.alpha, torch.zeros_like(query.alpha)
         index = query.active_index()
         k, batch = index.numel(), query.batch

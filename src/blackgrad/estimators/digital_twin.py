@@ -1,4 +1,4 @@
-"""Option 1 of seed 000: a differentiable digital twin of the device."""
+"""A differentiable digital twin of the device (the first kind of learned backward)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from ..nets import MLP, embedded
-from .base import check_option, check_hidden
-from .learned import LearnedEstimator, ReplayBuffer, training_loss
+from .base import _check_option, check_hidden
+from .learned import BUFFER_BYTES, LearnedEstimator, _ReplayBuffer, training_loss
 
 
 class DigitalTwin(LearnedEstimator):
@@ -84,9 +84,9 @@ class DigitalTwin(LearnedEstimator):
         self.hidden = check_hidden(hidden)
         self.online = bool(online)
         self.slope_weight = float(slope_weight)
-        check_option("slope_fit", slope_fit, ("difference", "jvp"))
+        _check_option("slope_fit", slope_fit, ("difference", "jvp"))
         self.slope_fit = slope_fit
-        self.values = ReplayBuffer(buffer)  # (α, y) pairs
+        self.values = _ReplayBuffer(buffer, max_bytes=BUFFER_BYTES)  # (α, y) pairs
 
     def default_model(self, d: int, m: int) -> nn.Module:
         return embedded(self.embedding, d, lambda width: MLP(width, m, self.hidden))
@@ -137,7 +137,7 @@ class DigitalTwin(LearnedEstimator):
         self.prepare(alpha.shape[1], y.shape[1], alpha)
         self.values.reserve(len(self.values) + alpha.shape[0])  # keep every row that was paid for
         self.values.add(alpha=alpha, y=y)
-        steps_per_epoch = max(1, alpha.shape[0] // self.batch_size)
+        steps_per_epoch = max(1, alpha.shape[0] // self.replay_batch())
         history = []
         from .._progress import progress_bar
 
@@ -157,7 +157,7 @@ class DigitalTwin(LearnedEstimator):
         # ``rows`` come from the probe buffer (empty if no probes yet); value rows are drawn here.
         terms = []
         if len(self.values):
-            values = self.values.sample(self.batch_size, self.generator)
+            values = self.values.sample(self.replay_batch(), self.generator)
             terms.append(training_loss(self.model(values["alpha"]), values["y"], "mse"))
         if rows and self.slope_weight > 0:
             twin_slope = self.twin_slope(rows["alpha"], rows["direction"], rows["step"], rows["central"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Estimator, VJPQuery
+from .base import Estimator, ProberLike, VJPQuery
 
 
 class Exact(Estimator):
@@ -24,7 +24,7 @@ class Exact(Estimator):
 
     differentiates_device = True
 
-    def vjp(self, prober, query: VJPQuery) -> Tensor:
+    def vjp(self, prober: ProberLike, query: VJPQuery) -> Tensor:
         alpha = query.alpha.detach().requires_grad_(True)
         with torch.enable_grad():
             y = prober(alpha, differentiable=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Estimator, VJPQuery, check_option, check_positive
+from .base import Estimator, ProberLike, VJPQuery, _check_option, check_positive
 
 
 class FiniteDifference(Estimator):
@@ -31,12 +31,12 @@ class FiniteDifference(Estimator):
     _repr_fields = ("step", "scheme")
 
     def __init__(self, step: float | None = None, scheme: str = "central") -> None:
-        check_option("scheme", scheme, ("central", "forward"))
+        _check_option("scheme", scheme, ("central", "forward"))
         check_positive("step", step, allow_none=True)
         self.step = step
         self.scheme = scheme
 
-    def vjp(self, prober, query: VJPQuery) -> Tensor:
+    def vjp(self, prober: ProberLike, query: VJPQuery) -> Tensor:
         alpha, grad = query.alpha, torch.zeros_like(query.alpha)
         index = query.active_index()
         k, batch = index.numel(), query.batch

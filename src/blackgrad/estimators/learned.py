@@ -1,6 +1,6 @@
 """What the learned estimators share: probing, a replay buffer, online training, state.
 
-Seed 000's three options each learn the missing backward pass from data the
+Three kinds of estimator learn the missing backward pass from data the
 device gives: a differentiable twin of ``f`` (option 1), a Jacobian model
 ``J(α)`` (option 2), a VJP model ``g(α, grad_out)`` (option 3).  Their training
 data are *probe rows*: a point ``α``, a random direction ``ε`` (Rademacher,
@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import Estimator, VJPQuery, check_option, check_positive, directional_slopes, make_generator
+from .base import Estimator, ProberLike, VJPQuery, _check_option, check_positive, _directional_slopes, _make_generator
 from .fidelity import DEFAULT_GATE, Fidelity, FidelityMonitor
 
 TRAINING_LOSSES = ("mse", "cosine", "mse+cosine")
@@ -46,7 +46,7 @@ def training_loss(prediction: Tensor, target: Tensor, kind: str) -> Tensor:
     ``mse``: ``mean |p − t|² / mean |t|²`` (normalised, so the learning rate
     does not depend on the device's scale); ``cosine``: ``1 − cos(p, t)`` per
     row (rows of a 1-D tensor: one cosine over the whole vector), blind to
-    scale (seed 001); ``mse+cosine``: their sum.
+    scale (for a device whose gain drifts or is unknown); ``mse+cosine``: their sum.
     """
     mse = (prediction - target).pow(2).mean() / target.pow(2).mean().clamp(min=1e-30)
     if kind == "mse":
@@ -57,12 +57,30 @@ def training_loss(prediction: Tensor, target: Tensor, kind: str) -> Tensor:
     return cosine if kind == "cosine" else mse + cosine
 
 
-class ReplayBuffer:
-    """A ring buffer of named tensor rows, sampled uniformly with a given generator."""
+#: replay minibatch rows by default, for a device up to ``REPLAY_NUMBERS / 256`` wide (``d + m``)
+DEFAULT_REPLAY_BATCH = 256
+#: the most numbers of ``α`` and ``y`` a default replay minibatch holds: its cost per training step
+REPLAY_NUMBERS = 2**19
+#: the fewest rows a default replay minibatch has, however wide the device
+MIN_REPLAY_BATCH = 32
+#: the most memory a learned estimator's replay buffer takes by default (fewer rows for a very wide device)
+BUFFER_BYTES = 256 * 2**20
 
-    def __init__(self, capacity: int) -> None:
+
+class _ReplayBuffer:
+    """A ring buffer of named tensor rows, sampled uniformly with a given generator.
+
+    ``max_bytes``: when the first rows arrive and their width is known, the
+    capacity is lowered to what fits in that many bytes (None: no limit), so
+    that memory grows like the row width, not like capacity × width, on a
+    device with thousands of inputs and outputs.  :meth:`reserve` may grow
+    it past that: it is asked for.
+    """
+
+    def __init__(self, capacity: int, max_bytes: int | None = None) -> None:
         check_positive("buffer", capacity, integer=True)
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self.data: dict[str, Tensor] = {}
         self.size = 0
         self.position = 0
@@ -73,6 +91,9 @@ class ReplayBuffer:
     def add(self, **rows: Tensor) -> None:
         count = next(iter(rows.values())).shape[0]
         if not self.data:
+            if self.max_bytes is not None:
+                row_bytes = sum(math.prod(v.shape[1:]) * v.element_size() for v in rows.values())
+                self.capacity = max(1, min(self.capacity, self.max_bytes // max(row_bytes, 1)))
             self.data = {k: v.new_zeros((self.capacity,) + v.shape[1:]) for k, v in rows.items()}
         if count >= self.capacity:  # keep only the newest rows
             rows = {k: v[-self.capacity :] for k, v in rows.items()}
@@ -87,6 +108,7 @@ class ReplayBuffer:
         """Grow to hold at least ``capacity`` rows, keeping the rows held (oldest first)."""
         if capacity <= self.capacity:
             return
+        self.max_bytes = None  # the capacity asked for wins over the default limit
         held = {k: torch.roll(v, -self.position, 0)[-self.size :] if self.size == self.capacity else v[: self.size] for k, v in self.data.items()}
         self.capacity, self.data, self.size, self.position = capacity, {}, 0, 0
         if held and next(iter(held.values())).shape[0]:
@@ -121,8 +143,12 @@ class LearnedEstimator(Estimator):
         loss: ``"mse"``, ``"cosine"`` or ``"mse+cosine"`` (:func:`training_loss`).
         lr: Adam learning rate of the model (ignored if ``optimizer`` is given).
         updates: optimiser steps at each backward pass.
-        batch_size: replay minibatch size.
-        buffer: replay buffer capacity, in probe rows.
+        batch_size: replay minibatch size; None (default): 256 rows, fewer
+            for a device so wide that they would hold more than
+            ``REPLAY_NUMBERS`` numbers of ``α`` and ``y`` (64 at ``n = m = 4096``),
+            so that a training step costs about the same at any width.
+        buffer: replay buffer capacity, in probe rows; fewer for a device so
+            wide that they would take more than 256 MB (``BUFFER_BYTES``).
         optimizer: a ``torch.optim`` class or factory ``params -> Optimizer``.
         embedding: a module applied to ``α`` before the default model's net,
             with an ``out_features`` attribute, e.g.
@@ -161,7 +187,7 @@ class LearnedEstimator(Estimator):
         loss: str = "mse",
         lr: float = 1e-3,
         updates: int = 8,
-        batch_size: int = 256,
+        batch_size: int | None = None,
         buffer: int = 8192,
         optimizer: Any = None,
         embedding: nn.Module | str | None = "auto",
@@ -173,16 +199,16 @@ class LearnedEstimator(Estimator):
         if isinstance(probes, bool) or not isinstance(probes, (int, float)) or probes < 0:
             raise ValueError(f"probes must be a non-negative number, got {probes!r}")
         check_positive("step", step, allow_none=True)
-        check_option("scheme", scheme, ("forward", "central"))
-        check_option("loss", loss, TRAINING_LOSSES)
+        _check_option("scheme", scheme, ("forward", "central"))
+        _check_option("loss", loss, TRAINING_LOSSES)
         check_positive("lr", lr)
         if isinstance(updates, bool) or not isinstance(updates, int) or updates < 0:
             raise ValueError(f"updates must be a non-negative int, got {updates!r}")
-        check_positive("batch_size", batch_size, integer=True)
+        check_positive("batch_size", batch_size, integer=True, allow_none=True)
         if model is not None and not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if isinstance(embedding, str):
-            check_option("embedding", embedding, ("auto",))
+            _check_option("embedding", embedding, ("auto",))
         elif embedding is not None and not hasattr(embedding, "out_features"):
             raise TypeError("embedding needs an out_features attribute giving its output width")
         monitor = FidelityMonitor(gate, gate_rows)  # validates the gate before anything is kept
@@ -195,10 +221,10 @@ class LearnedEstimator(Estimator):
         self.lr = lr
         self.updates = updates
         self.batch_size = batch_size
-        self.buffer = ReplayBuffer(buffer)
+        self.buffer = _ReplayBuffer(buffer, max_bytes=BUFFER_BYTES)
         self._optimizer_factory = optimizer
         self.optimizer: torch.optim.Optimizer | None = None
-        self.generator = make_generator(seed)
+        self.generator = _make_generator(seed)
         self.sizes: tuple[int, int] | None = None  # (d, m) once known
         self.train_losses: list[float] = []
         if prior is not None and not hasattr(prior, "twin_slope"):
@@ -244,7 +270,7 @@ class LearnedEstimator(Estimator):
         if self.prior is not None:
             self.prior.observe(alpha, y)
 
-    def vjp(self, prober, query: VJPQuery) -> Tensor:
+    def vjp(self, prober: ProberLike, query: VJPQuery) -> Tensor:
         self.prepare(query.dim, query.y.shape[1], query.alpha, shared=query.shared)
         if self.probe_cost(query.n_active, query.y.shape[1], query.batch) > 0:
             self.record(*self.probe(prober, query))
@@ -385,7 +411,7 @@ class LearnedEstimator(Estimator):
         points = alpha[pick_b]
         h = self.probe_step(alpha.dtype)
         y = None if self.scheme == "central" else query.y[pick_b]
-        slope = directional_slopes(prober, points, direction, h, y)
+        slope = _directional_slopes(prober, points, direction, h, y)
         return points, direction, slope, query.grad_out[pick_b]
 
     def probe_step(self, dtype: torch.dtype, order: int | None = None) -> float:
@@ -433,6 +459,14 @@ class LearnedEstimator(Estimator):
         self.record(alpha, direction, slope, grad_out, step=step, central=central)
         self.update()
 
+    def replay_batch(self) -> int:
+        """Rows per replay minibatch: ``batch_size``, or its default for the device's width."""
+        if self.batch_size is not None:
+            return self.batch_size
+        if self.sizes is None:
+            return DEFAULT_REPLAY_BATCH
+        return max(MIN_REPLAY_BATCH, min(DEFAULT_REPLAY_BATCH, REPLAY_NUMBERS // sum(self.sizes)))
+
     def has_training_data(self) -> bool:
         return len(self.buffer) > 0
 
@@ -442,7 +476,7 @@ class LearnedEstimator(Estimator):
             return
         with torch.enable_grad():
             for _ in range(steps):
-                rows = self.buffer.sample(self.batch_size, self.generator) if len(self.buffer) else {}
+                rows = self.buffer.sample(self.replay_batch(), self.generator) if len(self.buffer) else {}
                 self.optimizer.zero_grad()
                 loss = self.fit_loss(rows)
                 loss.backward()
@@ -487,7 +521,11 @@ class LearnedEstimator(Estimator):
 AUTO_MULTIPLES = (0.5, 1, 2)
 
 
-def auto_embedding(d: int) -> nn.Module:
+#: the widest input that gets the automatic Fourier features; a wider one is fed raw
+AUTO_FEATURES_LIMIT = 512
+
+
+def auto_embedding(d: int) -> nn.Module | None:
     """The learned models' default input features: :class:`~blackgrad.nets.MultiScaleFourier`.
 
     ``sin`` and ``cos`` of each coordinate at ``π·(0.5, 1, 2) / s`` radians per
@@ -498,7 +536,14 @@ def auto_embedding(d: int) -> nn.Module:
     own frequencies, denser and wider octave sets, learned frequencies and
     random Fourier features on four benchmark tasks
     (``benchmarks/auto_features.py``, BENCHMARKS.md).
+
+    Above ``AUTO_FEATURES_LIMIT`` input coordinates: None, the raw ``α``.
+    The features make the first layer seven times wider, and for a wide
+    device (an SLM with thousands of pixels) that layer is nearly all of
+    the training step's cost (``benchmarks/learned_scaling.py``).
     """
+    if d > AUTO_FEATURES_LIMIT:
+        return None
     from ..nets import MultiScaleFourier
 
     return MultiScaleFourier(d, AUTO_MULTIPLES)
@@ -550,4 +595,4 @@ def random_training_grad(rows: dict[str, Tensor], mode: str, generator: torch.Ge
     return draw / draw.norm(dim=1, keepdim=True)
 
 
-__all__ = ["LearnedEstimator", "resolve_prior", "ReplayBuffer", "training_loss", "TRAINING_LOSSES", "random_training_grad"]
+__all__ = ["LearnedEstimator", "resolve_prior", "_ReplayBuffer", "training_loss", "TRAINING_LOSSES", "random_training_grad"]

@@ -1,4 +1,4 @@
-"""Option 3 of seed 000: a learned vector–Jacobian product, linear in grad_out by construction."""
+"""A learned vector–Jacobian product, linear in grad_out by construction (the third kind of learned backward)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nets import MLP, embedded
-from .base import check_option, check_positive, check_hidden
+from .base import _check_option, check_positive, check_hidden
 from .learned import LearnedEstimator, random_training_grad, resolve_prior, training_loss
 
 TRAINING_GRADS = ("grad_out", "basis", "random")
@@ -20,7 +20,7 @@ class BilinearVJP(nn.Module):
     ``h`` is a feature net ``(B, d) → (B, r)`` (default an MLP); ``W_in``
     ``(m, r)`` and ``W_out`` ``(r, d)`` are learned matrices.  No bias touches
     ``g``, so ``v(α, λg) = λ v(α, g)`` and ``v(α, g₁) + v(α, g₂) = v(α, g₁ + g₂)``
-    hold exactly (seed 000's symmetries), and the implied Jacobian is
+    hold exactly (the symmetries every VJP has), and the implied Jacobian is
     ``W_in diag(h(α)) W_out`` (``m × d``).
     """
 
@@ -49,14 +49,14 @@ class LearnedVJP(LearnedEstimator):
 
     ``s`` is the measured slope along the probe direction ``ε``.  The model is
     a :class:`BilinearVJP`, linear in ``g`` by construction.  Which ``g`` it
-    trains with (seed 000's question):
+    trains with (where the model should be accurate):
 
     * ``"grad_out"``: the gradients actually flowing in training, so "the
       model gets finer where we are evaluating the device";
     * ``"basis"``: random canonical basis vectors;
     * ``"random"``: random unit Gaussian vectors.
 
-    ``probes`` is seed 001's ``dim_sample``: probe directions per sample.
+    ``probes``: probe directions per sample.
 
     ``prior="twin"`` (the default, ``"auto"``, unless ``features=`` is given): the VJP is that of a
     :class:`~blackgrad.estimators.DigitalTwin` fitted to the forward values
@@ -84,7 +84,7 @@ class LearnedVJP(LearnedEstimator):
         prior: Any = "auto",
         **options: Any,
     ) -> None:
-        check_option("train_grad", train_grad, TRAINING_GRADS)
+        _check_option("train_grad", train_grad, TRAINING_GRADS)
         check_positive("rank", rank, integer=True)
         if "model" in options:
             raise TypeError("LearnedVJP builds its own bilinear model; pass features= to change the feature net")

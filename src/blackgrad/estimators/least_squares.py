@@ -1,11 +1,11 @@
-"""Seed 002's Moore–Penrose secant Jacobian from probe pairs (dx, df)."""
+"""A Moore–Penrose secant Jacobian from probe pairs (dx, df)."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from .base import Estimator, VJPQuery, check_option, check_positive, make_generator
+from .base import Estimator, ProberLike, VJPQuery, _check_option, check_positive, _make_generator
 
 
 class LeastSquares(Estimator):
@@ -21,10 +21,10 @@ class LeastSquares(Estimator):
     ``w`` solves ``dX w = c`` with ``c_p = gᵀ df_p``:
 
     * ``P ≥ d`` probes: the least-squares solution ``(dXᵀdX)⁻¹ dXᵀ c``; with
-      ``d`` probes on a linear map it is exact (seed 002's "as many samples as
-      dimensions").
+      ``d`` probes on a linear map it is exact (as many samples as dimensions pin a
+      linear map down).
     * ``P < d``: the ridge-regularised minimum-norm solution
-      ``dXᵀ (dX dXᵀ + λI)⁻¹ c`` (seed 002's right pseudo-inverse): exact along
+      ``dXᵀ (dX dXᵀ + λI)⁻¹ c`` (the right pseudo-inverse): exact along
       the probed subspace, zero across it.
 
     ``neighbors=K`` adds, for free, the secants from each sample to its ``K``
@@ -63,7 +63,7 @@ class LeastSquares(Estimator):
             raise ValueError(f"neighbors must be a non-negative int, got {neighbors!r}")
         if probes == 0 and neighbors == 0:
             raise ValueError("LeastSquares needs probes > 0 or neighbors > 0 to see any secant")
-        check_option("scheme", scheme, ("forward", "central"))
+        _check_option("scheme", scheme, ("forward", "central"))
         check_positive("step", step, allow_none=True)
         check_positive("ridge", ridge, allow_none=True)
         self.probes = probes
@@ -71,12 +71,12 @@ class LeastSquares(Estimator):
         self.scheme = scheme
         self.neighbors = neighbors
         self.ridge = ridge
-        self.generator = make_generator(seed)
+        self.generator = _make_generator(seed)
 
     def _n_probes(self, d: int) -> int:
         return d if self.probes is None else self.probes
 
-    def vjp(self, prober, query: VJPQuery) -> Tensor:
+    def vjp(self, prober: ProberLike, query: VJPQuery) -> Tensor:
         alpha, grad = query.alpha, torch.zeros_like(query.alpha)
         index = query.active_index()
         k, batch = index.numel(), query.batch

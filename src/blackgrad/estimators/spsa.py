@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import DISTRIBUTIONS, Estimator, VJPQuery, check_option, check_positive, directional_slopes, make_generator, resolve_scheme
+from .base import DISTRIBUTIONS, Estimator, ProberLike, VJPQuery, _check_option, check_positive, _directional_slopes, _make_generator, resolve_scheme
 from .fidelity import DEFAULT_GATE, Fidelity, FidelityMonitor
 
 
@@ -63,20 +63,20 @@ class SPSA(Estimator):
     ) -> None:
         self.monitor = FidelityMonitor(gate, gate_rows)  # validates the gate
         check_positive("directions", directions, integer=True)
-        check_option("distribution", distribution, DISTRIBUTIONS)
+        _check_option("distribution", distribution, DISTRIBUTIONS)
         check_positive("step", step, allow_none=True)
         self.directions = directions
         self.distribution = distribution
         self.scheme = resolve_scheme(scheme, antithetic, "central")
         self.step = step
-        self.generator = make_generator(seed)
+        self.generator = _make_generator(seed)
 
     @property
     def antithetic(self) -> bool:
         """True for central (two-sided) differences."""
         return self.scheme == "central"
 
-    def vjp(self, prober, query: VJPQuery) -> Tensor:
+    def vjp(self, prober: ProberLike, query: VJPQuery) -> Tensor:
         alpha = query.alpha
         if query.n_active == 0:
             return torch.zeros_like(alpha)
@@ -85,7 +85,7 @@ class SPSA(Estimator):
         delta = query.directions(k, self.generator, self.distribution)  # (k, B, d)
         rows = alpha.expand(k, batch, -1).reshape(k * batch, -1)
         y = None if self.antithetic else query.y.repeat(k, 1)
-        slope = directional_slopes(prober, rows, delta.reshape(k * batch, -1), c, y).reshape(k, batch, -1)
+        slope = _directional_slopes(prober, rows, delta.reshape(k * batch, -1), c, y).reshape(k, batch, -1)
         along = torch.einsum("bm,kbm->kb", query.grad_out, slope)  # gᵀ J δ_i
         estimate = torch.einsum("kb,kbd->bd", along, delta) / k
         self.monitor.score_spread(estimate, along, delta, query.shared)

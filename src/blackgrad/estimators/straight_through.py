@@ -1,4 +1,4 @@
-"""A user-given surrogate derivative: no probes at all (seed 001)."""
+"""A user-given surrogate derivative: no probes at all."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .base import Estimator, VJPQuery
+from .base import Estimator, ProberLike, VJPQuery
 
 
 class StraightThrough(Estimator):
     """Backward through a surrogate instead of the device: zero evaluations.
 
-    Seed 001's activation lessons: a threshold forward with a sigmoid
-    backward, or the Cantor function with an identity backward, trains where
-    the true derivative (zero almost everywhere) cannot.
+    A surrogate gradient: a threshold forward with a sigmoid backward, or
+    the Cantor function with an identity backward, trains where the true
+    derivative (zero almost everywhere) cannot.
 
     Give exactly one of:
 
@@ -47,11 +47,12 @@ class StraightThrough(Estimator):
         self.derivative = derivative
         self.surrogate = surrogate
 
-    def vjp(self, prober, query: VJPQuery) -> Tensor:
-        alpha, shared = query.alpha, query.shared
-        n = int((~shared).sum())
-        x, theta = alpha[:, :n], alpha[0, n:]
+    def vjp(self, prober: ProberLike, query: VJPQuery) -> Tensor:
+        alpha, n = query.alpha, query.n_inputs
+        has_theta = n < alpha.shape[1]
+        x = alpha[:, :n] if has_theta else alpha
         if self.surrogate is not None:
+            theta = alpha[0, n:]
             inputs = (x.detach().requires_grad_(True),) + ((theta.detach().requires_grad_(True),) if n < alpha.shape[1] else ())
             with torch.enable_grad():
                 out = self.surrogate(*inputs)
@@ -63,7 +64,7 @@ class StraightThrough(Estimator):
                 # θ's gradient is already summed over the batch; put it on one row.
                 grad[0, n:] = grads[1]
             return grad
-        if bool(query.active[n:].any()):
+        if has_theta and bool(query.active[n:].any()):
             raise ValueError("StraightThrough with a derivative has no gradient for device parameters θ; use surrogate=")
         if query.grad_out.shape[1] != n:
             raise ValueError(
@@ -73,9 +74,12 @@ class StraightThrough(Estimator):
         slope = torch.ones_like(x) if self.derivative == "identity" else self.derivative(x)
         if slope.shape != x.shape:
             raise ValueError(f"derivative returned shape {tuple(slope.shape)}, expected {tuple(x.shape)}")
-        grad = torch.zeros_like(alpha)
-        grad[:, :n] = query.grad_out * slope
-        return grad
+        grad = query.grad_out * slope
+        if not has_theta:  # nothing to pad
+            return grad
+        padded = torch.zeros_like(alpha)
+        padded[:, :n] = grad
+        return padded
 
     def probe_cost(self, d: int, m: int, batch: int) -> int:
         return 0

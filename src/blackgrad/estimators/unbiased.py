@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import DISTRIBUTIONS, Estimator, VJPQuery, check_option, check_positive, directional_slopes, make_generator, resolve_scheme
+from .base import DISTRIBUTIONS, Estimator, ProberLike, VJPQuery, _check_option, check_positive, _directional_slopes, _make_generator, resolve_scheme
 from .fidelity import DEFAULT_GATE, Fidelity, FidelityMonitor
 from .learned import LearnedEstimator
 
@@ -156,7 +156,7 @@ class Unbiased(Estimator):
             raise ValueError("Unbiased(Exact()) makes no sense: Exact is already exact")
         check_positive("directions", directions, integer=True)
         check_positive("step", step, allow_none=True)
-        check_option("distribution", distribution, DISTRIBUTIONS)
+        _check_option("distribution", distribution, DISTRIBUTIONS)
         self.coefficient = check_coefficient(coefficient)
         self.monitor = FidelityMonitor(gate, gate_rows)  # validates the gate
         self.inner = inner
@@ -164,7 +164,7 @@ class Unbiased(Estimator):
         self.scheme = resolve_scheme(scheme, antithetic, "forward")
         self.step = step
         self.distribution = distribution
-        self.generator = make_generator(seed)
+        self.generator = _make_generator(seed)
         self._c = self.START if self.coefficient == "optimal" else self.coefficient
         self._cross = 0.0  # running Σ (X − c·v)·(Y − v)
         self._power = 0.0  # running Σ |Y − v|²
@@ -194,7 +194,7 @@ class Unbiased(Estimator):
     def observe(self, alpha: Tensor, y: Tensor) -> None:
         self.inner.observe(alpha, y)
 
-    def vjp(self, prober, query: VJPQuery) -> Tensor:
+    def vjp(self, prober: ProberLike, query: VJPQuery) -> Tensor:
         alpha, k, batch = query.alpha, self.directions, query.batch
         learned = isinstance(self.inner, LearnedEstimator)
         if learned:
@@ -209,7 +209,7 @@ class Unbiased(Estimator):
         delta = query.directions(k, self.generator, self.distribution)  # (k, B, d)
         rows = alpha.repeat(k, 1)
         y = None if self.antithetic else query.y.repeat(k, 1)
-        slope = directional_slopes(prober, rows, delta.reshape(k * batch, -1), h, y).reshape(k, batch, -1)
+        slope = _directional_slopes(prober, rows, delta.reshape(k * batch, -1), h, y).reshape(k, batch, -1)
         v = estimate * query.active.to(estimate.dtype)
         c = self._c  # from past passes only: independent of this pass's directions
         along = torch.einsum("bm,kbm->kb", query.grad_out, slope)  # gᵀ s_i
