@@ -76,7 +76,7 @@ def test_the_core_imports_and_trains_without_the_harness():
             estimators.LeastSquares(), estimators.Broyden(), estimators.StraightThrough(), estimators.DigitalTwin(),
             estimators.LearnedJacobian(), estimators.LearnedVJP(), estimators.Unbiased(estimators.LearnedVJP()),
         ]
-        assert {{type(e).__name__ for e in built}} | {{"Estimator", "VJPQuery", "ProberLike", "LearnedEstimator"}} == set(estimators.__all__)
+        assert {{type(e).__name__ for e in built}} | {{"Estimator", "VJPQuery", "VJP", "ProberLike", "GroupedProber", "LearnedEstimator"}} == set(estimators.__all__)
         weight = torch.randn(4, 4)  # square: StraightThrough's elementwise derivative needs n == m
         # One learned estimator trains here (Unbiased over LearnedVJP: the learned base, a head, the correction):
         # each one's first step costs seconds, and the twin trains below.

@@ -431,7 +431,7 @@ def test_timeout_is_checked():
         bg.BlackBox(linear, timeout=0)
     with pytest.raises(ValueError, match=r"timeout=1.0 contradicts the retry policy's timeout=2.0"):
         bg.BlackBox(linear, retries=bg.RetryPolicy(timeout=2.0), timeout=1.0)
-    assert bg.BlackBox(linear, retries=bg.RetryPolicy(retries=2), timeout=1.0)._prober_options["retry"].timeout == 1.0
+    assert bg.BlackBox(linear, retries=bg.RetryPolicy(retries=2), timeout=1.0).prober.retry.timeout == 1.0
 
 
 @pytest.mark.parametrize("timeout", [None, 5.0], ids=["direct", "worker"])

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from .calibration import DeviceProfile, calibrate as measure_profile, calibration_cost
 from .errors import InputShapeError
-from .estimators.base import Estimator, VJPQuery
+from .estimators.base import Estimator, VJPQuery, join
 from .estimators.exact import require_graph
 from .estimators.learned import LearnedEstimator
 from .estimators.learned_jacobian import LearnedJacobian
@@ -132,6 +132,15 @@ class _RealView:
     def __call__(self, rows: Tensor, differentiable: bool = False, kind: str = "probe") -> Tensor:
         alpha = torch.view_as_complex(rows.reshape(rows.shape[0], -1, 2).contiguous())
         return _as_real(self.prober(alpha, differentiable=differentiable, kind=kind))
+
+    def evaluate(
+        self, x: Tensor, theta: Tensor | None = None, group: Tensor | None = None, kind: str = "probe", differentiable: bool = False
+    ) -> Tensor:
+        """:meth:`Prober.evaluate` on real pairs: inputs ``(N, 2n)``, θ ``(2p,)`` or ``(G, 2p)``."""
+        x = torch.view_as_complex(x.reshape(x.shape[0], -1, 2).contiguous())
+        if theta is not None:
+            theta = torch.view_as_complex(theta.reshape(theta.shape[:-1] + (-1, 2)).contiguous())
+        return _as_real(self.prober.evaluate(x, theta, group, kind=kind, differentiable=differentiable))
 
 
 def _as_real(t: Tensor) -> Tensor:
@@ -281,29 +290,32 @@ class BlackBox(nn.Module):
                     f"timeout={timeout!r} contradicts the retry policy's timeout={retry.timeout!r}; give one of them"
                 )
             retry = dataclasses.replace(retry, timeout=timeout)  # validates it
-        self._prober_options = dict(
+        # The prober owns the ledger and the budget (the box only shows them); it learns
+        # the input shape from the first batch when none is given.
+        self.prober = Prober(
+            fun,
+            self._in_shape,
+            n_params=0 if self.params is None else self.params.numel(),
+            out_shape=self._out_shape,
             max_batch=max_batch,
             retry=retry,
             budget=budget,
             numpy=numpy,
             name=self.name,
         )
-        self.prober: Prober | None = None
-        self.recorder = _recorder(record)
-        self._ledger = Ledger()
-        self._mask_cache: dict[tuple[Any, ...], tuple[Tensor, Tensor]] = {}
+        self.recorder = self.prober.recorder = _recorder(record)
+        # whether the estimator learns from forward batches: the rows α are joined for it only then
+        self._observes = type(estimator).observe is not Estimator.observe
         self._calibrate = calibrate is True
         self.profile: DeviceProfile | None = calibrate if isinstance(calibrate, DeviceProfile) else None
         if self.profile is not None:
             self.estimator.calibrate(self.profile)
-        if self._in_shape is not None:
-            self._make_prober(self._in_shape)
 
     # ----------------------------------------------------------------- public
     @property
     def calls(self) -> Ledger:
         """The evaluation ledger (see :class:`~blackgrad.prober.Ledger`)."""
-        return self._ledger
+        return self.prober.ledger
 
     @property
     def in_shape(self) -> tuple[int, ...] | None:
@@ -311,17 +323,16 @@ class BlackBox(nn.Module):
 
     @property
     def out_shape(self) -> tuple[int, ...] | None:
-        return None if self.prober is None else self.prober.out_shape
+        return self.prober.out_shape
 
     @property
     def budget(self) -> int | None:
-        return self._prober_options["budget"]
+        """The most device evaluations allowed in total (the prober's; None: no limit)."""
+        return self.prober.budget
 
     @budget.setter
     def budget(self, value: int | None) -> None:
-        self._prober_options["budget"] = value
-        if self.prober is not None:
-            self.prober.budget = value
+        self.prober.budget = value
 
     def forward(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor):
@@ -336,9 +347,8 @@ class BlackBox(nn.Module):
             )
         if not (x.is_floating_point() or x.is_complex()):
             raise TypeError(f"BlackBox {self.name!r} takes a floating-point batch, got {x.dtype}")
-        if self.prober is None:
-            self._in_shape = tuple(x.shape[1:])
-            self._make_prober(self._in_shape)
+        if self._in_shape is None:
+            self._shape_inputs(tuple(x.shape[1:]))
         if tuple(x.shape[1:]) != self._in_shape:
             raise InputShapeError(
                 f"BlackBox {self.name!r} expects inputs of shape (B, {', '.join(map(str, self._in_shape))}); "
@@ -404,9 +414,8 @@ class BlackBox(nn.Module):
         counted as ``calibration`` and respect the budget.  Returns the
         profile, also kept as ``self.profile`` (and in ``state_dict``).
         """
-        if self.prober is None:
-            self._in_shape = tuple(x.shape[1:])
-            self._make_prober(self._in_shape)
+        if self._in_shape is None:
+            self._shape_inputs(tuple(x.shape[1:]))
         flat = x.detach().reshape(x.shape[0], self.prober.n_x)
         theta = None if self.params is None else self.params.detach().to(flat.dtype)
         profile = measure_profile(self.prober, flat, theta, **options)
@@ -429,12 +438,11 @@ class BlackBox(nn.Module):
         fit = getattr(self.estimator, "fit", None)
         if fit is None:
             raise TypeError(f"{type(self.estimator).__name__} cannot be pre-trained; DigitalTwin can")
-        if self.prober is None:
-            self._in_shape = tuple(x.shape[1:])
-            self._make_prober(self._in_shape)
+        if self._in_shape is None:
+            self._shape_inputs(tuple(x.shape[1:]))
         flat = x.detach().reshape(x.shape[0], self.prober.n_x)
         theta = None if self.params is None else self.params.detach().to(flat.dtype)
-        alpha = self._alpha(flat, theta)
+        alpha = join(flat, theta)
         if alpha.is_complex():  # the estimator sees a complex device as a real one (see _RealView)
             return fit(_RealView(self.prober), _as_real(alpha), epochs=epochs, progress=progress)
         return fit(self.prober, alpha, epochs=epochs, progress=progress)
@@ -458,21 +466,20 @@ class BlackBox(nn.Module):
             "estimator": self.estimator.state_dict(),
             "in_shape": self._in_shape,
             "out_shape": self.out_shape,
-            "ledger": self._ledger.as_dict(),
+            "ledger": self.prober.ledger.as_dict(),
             "profile": None if self.profile is None else self.profile.state_dict(),
         }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.estimator.load_state_dict(state["estimator"])
-        self._ledger.load_dict(state["ledger"])
+        self.prober.ledger.load_dict(state["ledger"])
         # the checkpoint's profile wins; one without (saved before calibrating, or by a box that
         # never calibrates) leaves this box's own, e.g. a profile given to the constructor
         if state.get("profile") is not None:
             self.profile = DeviceProfile.from_state_dict(state["profile"])
         self.estimator.calibrate(self.profile)
         if state["in_shape"] is not None:
-            self._in_shape = tuple(state["in_shape"])
-            self._make_prober(self._in_shape)
+            self._shape_inputs(tuple(state["in_shape"]))
             if state["out_shape"] is not None:
                 self.prober.out_shape = tuple(state["out_shape"])
 
@@ -482,30 +489,9 @@ class BlackBox(nn.Module):
         """Whether the estimator differences device readings or trains a model (not Exact or a surrogate)."""
         return self.estimator.probe_cost(1, 1, 64) > 0 or isinstance(self.estimator, LearnedEstimator)
 
-    def _make_prober(self, in_shape: tuple[int, ...]) -> None:
-        p = 0 if self.params is None else self.params.numel()
-        self.prober = Prober(self.fun, in_shape, n_params=p, out_shape=self._out_shape, **self._prober_options)
-        self.prober.ledger = self._ledger
-        self.prober.recorder = self.recorder
-
-    def _alpha(self, x: Tensor, theta: Tensor | None) -> Tensor:
-        if theta is None:
-            return x
-        return torch.cat([x, theta.expand(x.shape[0], -1)], dim=1)
-
-    def _masks(self, n: int, p: int, need_x: bool, need_theta: bool, device: torch.device) -> tuple[Tensor, Tensor]:
-        """The ``active`` and ``shared`` masks of a query over ``n`` input and ``p`` parameter columns.
-
-        Made once per layout and kept: building them from Python lists on
-        every backward pass cost more than a cheap device's own backward.
-        """
-        key = (n, p, need_x, need_theta, device)
-        masks = self._mask_cache.get(key)
-        if masks is None:
-            active = torch.tensor([need_x] * n + [need_theta] * p, device=device)
-            shared = torch.tensor([False] * n + [True] * p, device=device)
-            masks = self._mask_cache[key] = (active, shared)
-        return masks
+    def _shape_inputs(self, in_shape: tuple[int, ...]) -> None:
+        self._in_shape = in_shape
+        self.prober.shape_inputs(in_shape)
 
     def _backward_cost(self, batch: int, need_x: bool, need_theta: bool, complex_: bool) -> int:
         """Probe evaluations the backward pass of a batch spends (``Estimator.probe_cost``)."""
@@ -518,7 +504,9 @@ class BlackBox(nn.Module):
 
     def _observe(self, x: Tensor, theta: Tensor | None, y: Tensor) -> None:
         """Offer a forward batch to the estimator, as real rows for a complex device."""
-        alpha, y = _as_real(self._alpha(x, theta)), _as_real(y)
+        if not self._observes:  # the base estimator ignores forward data: join no rows for it
+            return
+        alpha, y = _as_real(join(x, theta)), _as_real(y)
         if torch.is_inference_mode_enabled():
             # Tensors made in inference mode can never join autograd later, and a learned
             # estimator trains on what it stores: hand it ordinary copies, outside inference mode.
@@ -530,7 +518,6 @@ class BlackBox(nn.Module):
     def _estimate(
         self, x: Tensor, theta: Tensor | None, y: Tensor, grad_y: Tensor, need_x: bool, need_theta: bool
     ) -> tuple[Tensor | None, Tensor | None]:
-        n, p = x.shape[1], 0 if theta is None else theta.numel()
         if x.shape[0] == 0:  # an empty batch: nothing to estimate, nothing to spend
             return (torch.zeros_like(x) if need_x else None), (torch.zeros_like(theta) if need_theta else None)
         # Refused here, before the estimator draws a direction or spends an inner probe: a refused
@@ -538,30 +525,24 @@ class BlackBox(nn.Module):
         if self.prober.budget is not None:
             self.prober.check_budget(self._backward_cost(x.shape[0], need_x, need_theta, x.is_complex()), "backward")
         complex_ = x.is_complex()
-        width = 2 if complex_ else 1  # real coordinates per coordinate of α
-        active, shared = self._masks(n * width, p * width, need_x, need_theta, x.device)
-        alpha = _as_real(self._alpha(x, theta))
-        query = VJPQuery(
-            alpha=alpha, y=_as_real(y), grad_out=_as_real(grad_y), active=active, shared=shared, inputs=n * width
-        )
-        grad = self.estimator.vjp(_RealView(self.prober) if complex_ else self.prober, query)
-        if not isinstance(grad, Tensor) or grad.shape != query.alpha.shape:
-            shape = tuple(grad.shape) if isinstance(grad, Tensor) else type(grad).__name__
-            raise RuntimeError(
-                f"estimator {self.estimator!r} returned a gradient of shape {shape}; "
-                f"expected {tuple(query.alpha.shape)} (batch, {n * width} inputs + {p * width} params)"
-            )
-        # the active columns only, as a view: x's first, θ's last
-        checked = grad if p == 0 or (need_x and need_theta) else grad[:, : n * width] if need_x else grad[:, n * width :]
-        if not all_finite(checked):
+        if complex_:  # the estimator sees each complex number as its real pair (see _RealView)
+            real_theta = None if theta is None else torch.view_as_real(theta.resolve_conj()).reshape(-1)
+            query = VJPQuery.from_parts(_as_real(x), real_theta, _as_real(y), _as_real(grad_y), need_x, need_theta)
+        else:
+            query = VJPQuery.from_parts(x, theta, y, grad_y, need_x, need_theta)
+        answer = self.estimator.vjp(_RealView(self.prober) if complex_ else self.prober, query)
+        try:
+            grad_x, grad_theta = query.gradient(answer)
+        except ValueError as err:
+            raise RuntimeError(f"estimator {self.estimator!r} returned {err}") from None
+        if not all(g is None or all_finite(g) for g in (grad_x, grad_theta)):
             raise FloatingPointError(
                 f"estimator {self.estimator!r} returned NaN or Inf gradients for black box {self.name!r}"
             )
         if complex_:
-            grad = torch.view_as_complex(grad.reshape(grad.shape[0], -1, 2).contiguous())
-        grad_x = None if not need_x else (grad if p == 0 else grad[:, :n]).to(x.dtype)
-        grad_theta = grad[:, n:].sum(0) if need_theta else None
-        return grad_x, grad_theta
+            grad_x = None if grad_x is None else torch.view_as_complex(grad_x.reshape(x.shape[0], -1, 2).contiguous())
+            grad_theta = None if grad_theta is None else torch.view_as_complex(grad_theta.reshape(-1, 2).contiguous())
+        return (None if grad_x is None else grad_x.to(x.dtype)), grad_theta
 
 
 def _recorder(record: Any) -> Any:

@@ -8,11 +8,13 @@ Conventions.  Inside blackgrad a black box is seen as a map on flat rows:
 the device parameters θ (``p`` numbers, shared by a batch) are appended to each
 flattened input ``x`` (``n`` numbers), giving ``α = (x, θ)`` of size
 ``d = n + p`` per sample: the device parameters are inputs like any
-other to an estimator, shared by every row of a batch.  The prober turns a batch of
-``α`` rows back into the device's own calling convention — ``fun(x)`` or
-``fun(x, θ)`` with ``x`` of shape ``(B, *in_shape)`` and one ``θ`` per call —
-by grouping the rows that share the same ``θ`` into one call, then splitting
-calls larger than ``max_batch``.
+other to an estimator, shared by every row of a batch.  The prober turns probes
+back into the device's own calling convention — ``fun(x)`` or ``fun(x, θ)``
+with ``x`` of shape ``(B, *in_shape)`` and one ``θ`` per call — one call per
+θ, split where it is larger than ``max_batch``.  The estimators hand their
+probes over already grouped by θ (:meth:`Prober.evaluate`, through
+:meth:`~blackgrad.estimators.VJPQuery.evaluate`); whole ``α`` rows
+(:meth:`Prober.__call__`) are grouped here by their θ part.
 """
 
 from __future__ import annotations
@@ -155,7 +157,7 @@ class Prober:
         fun: the black box, ``fun(x)`` or ``fun(x, theta)`` with ``x`` of shape
             ``(B, *in_shape)``; returns ``(B, *out_shape)`` as a tensor, a
             numpy array, or anything ``torch.as_tensor`` accepts.
-        in_shape: shape of one input sample.
+        in_shape: shape of one input sample (None: unknown until :meth:`shape_inputs`).
         n_params: size ``p`` of the flat device parameter vector θ (0: none,
             and ``fun`` is called with ``x`` alone).
         out_shape: shape of one output sample; learned from the first call
@@ -180,7 +182,7 @@ class Prober:
     def __init__(
         self,
         fun: Callable[..., Any],
-        in_shape: tuple[int, ...],
+        in_shape: tuple[int, ...] | None,
         n_params: int = 0,
         out_shape: tuple[int, ...] | None = None,
         max_batch: int | None = None,
@@ -196,8 +198,10 @@ class Prober:
         if budget is not None and (not isinstance(budget, int) or budget < 0):
             raise ValueError(f"budget must be a non-negative int or None, got {budget!r}")
         self.fun = fun
-        self.in_shape = tuple(in_shape)
-        self.n_x = math.prod(self.in_shape)
+        self.in_shape: tuple[int, ...] | None = None
+        self.n_x: int | None = None
+        if in_shape is not None:
+            self.shape_inputs(in_shape)
         self.n_params = int(n_params)
         self.out_shape = None if out_shape is None else tuple(out_shape)
         self.max_batch = max_batch
@@ -208,44 +212,83 @@ class Prober:
         self.ledger = Ledger()
         self._worker: _Worker | None = None  # runs the device calls when there is a timeout
 
+    def shape_inputs(self, in_shape: tuple[int, ...]) -> None:
+        """Set the shape of one input sample (a :class:`~blackgrad.BlackBox` learns it from its first batch)."""
+        self.in_shape = tuple(in_shape)
+        self.n_x = math.prod(self.in_shape)
+
     # ------------------------------------------------------------------ public
     def forward(self, x: Tensor, theta: Tensor | None, differentiable: bool = False) -> Tensor:
         """Evaluate a forward batch ``x`` of shape ``(B, n)``; counted as ``forward``."""
         return self._evaluate_groups([(x, theta)], kind="forward", differentiable=differentiable)[0]
 
+    def evaluate(
+        self, x: Tensor, theta: Tensor | None = None, group: Tensor | None = None, kind: str = "probe", differentiable: bool = False
+    ) -> Tensor:
+        """Evaluate probes grouped by their θ; counted as ``kind``.  Returns ``(N, m)``.
+
+        ``x`` ``(N, n)`` are the inputs; ``theta`` is None (no parameters),
+        one ``(p,)`` for every row, or the distinct values ``(G, p)`` with
+        ``group`` ``(N,)`` naming each row's.  Each group goes to the device
+        in one call (split at ``max_batch``), in the order of ``theta``'s
+        rows.  An estimator knows which of its probes share a θ when it draws
+        them (:meth:`~blackgrad.estimators.VJPQuery.evaluate`), so nothing here
+        compares rows.  ``kind`` is ``"probe"`` (an estimator's) or
+        ``"calibration"``.
+        """
+        if kind not in ("probe", "calibration"):
+            raise ValueError(f"a prober request is a 'probe' or a 'calibration', not {kind!r}")
+        if x.dim() != 2 or x.shape[1] != self.n_x:
+            raise ValueError(f"probe inputs for {self.name!r} must have shape (N, {self.n_x}), got {tuple(x.shape)}")
+        if theta is None or theta.dim() == 1:
+            if (theta is None) != (self.n_params == 0) or (theta is not None and theta.shape[0] != self.n_params):
+                raise ValueError(f"{self.name!r} takes {self.n_params} parameters, got θ of shape {_shape(theta)}")
+            return self._evaluate_groups([(x, theta)], kind=kind, differentiable=differentiable)[0]
+        if theta.dim() != 2 or theta.shape[1] != self.n_params or group is None or group.shape != (x.shape[0],):
+            raise ValueError(
+                f"grouped probes for {self.name!r} need θ values (G, {self.n_params}) and a group (N,) for N = "
+                f"{x.shape[0]} rows, got θ {_shape(theta)} and group {_shape(group)}"
+            )
+        if theta.shape[0] == 1:
+            return self._evaluate_groups([(x, theta[0])], kind=kind, differentiable=differentiable)[0]
+        # each group's rows in their order: one stable sort of the group numbers, then slices
+        order = torch.argsort(group, stable=True)
+        counts = torch.bincount(group, minlength=theta.shape[0]).tolist()
+        rows = [r for r in torch.split(order, counts) if r.numel()]
+        present = [g for g, c in enumerate(counts) if c]
+        outputs = self._evaluate_groups([(x[r], theta[g]) for r, g in zip(rows, present)], kind=kind, differentiable=differentiable)
+        if differentiable:  # keep the graph: assemble with index_put, not in place on a leaf
+            y = outputs[0].new_zeros((x.shape[0],) + outputs[0].shape[1:])
+            for r, out in zip(rows, outputs):
+                y = y.index_put((r,), out)
+            return y
+        y = outputs[0].new_empty((x.shape[0],) + outputs[0].shape[1:])
+        for r, out in zip(rows, outputs):
+            y[r] = out
+        return y
+
     def __call__(self, alpha: Tensor, differentiable: bool = False, kind: str = "probe") -> Tensor:
         """Evaluate probe rows ``alpha`` of shape ``(N, n + p)``; counted as ``kind``.
 
-        ``kind`` is ``"probe"`` (an estimator's) or ``"calibration"``.
-
-        Rows that share the same θ part go to the device in one call.
-        Returns ``(N, m)``.
+        Whole rows ``α = (x, θ)``, for an estimator that does not say which
+        of its rows share a θ: rows with the same θ part are found here and
+        go to the device in one call (:meth:`evaluate`).  Returns ``(N, m)``.
         """
         if alpha.dim() != 2 or alpha.shape[1] != self.n_x + self.n_params:
             raise ValueError(
                 f"probes for {self.name!r} must have shape (N, {self.n_x + self.n_params}), "
                 f"got {tuple(alpha.shape)}"
             )
-        if kind not in ("probe", "calibration"):
-            raise ValueError(f"a prober request is a 'probe' or a 'calibration', not {kind!r}")
         x = alpha[:, : self.n_x]
         if self.n_params == 0:
-            return self._evaluate_groups([(x, None)], kind=kind, differentiable=differentiable)[0]
+            return self.evaluate(x, None, kind=kind, differentiable=differentiable)
         thetas = alpha[:, self.n_x :]
         keys = torch.view_as_real(thetas).flatten(1) if thetas.is_complex() else thetas
         unique, inverse = torch.unique(keys.detach(), dim=0, return_inverse=True)
-        rows = [torch.nonzero(inverse == g).squeeze(1) for g in range(unique.shape[0])]
-        groups = [(x[r], thetas[r[0]]) for r in rows]
-        outputs = self._evaluate_groups(groups, kind=kind, differentiable=differentiable)
-        y = outputs[0].new_empty((alpha.shape[0],) + outputs[0].shape[1:])
-        if differentiable:  # keep the graph: assemble with index_put, not in place on a leaf
-            y = torch.zeros_like(y)
-            for r, out in zip(rows, outputs):
-                y = y.index_put((r,), out)
-            return y
-        for r, out in zip(rows, outputs):
-            y[r] = out
-        return y
+        # one θ per group, the first row's (the graph of a differentiable request runs through it)
+        first = torch.full((unique.shape[0],), alpha.shape[0], dtype=torch.long, device=alpha.device)
+        first.scatter_reduce_(0, inverse, torch.arange(alpha.shape[0], device=alpha.device), "amin")
+        return self.evaluate(x, thetas[first], inverse, kind=kind, differentiable=differentiable)
 
     # ---------------------------------------------------------------- internal
     def _evaluate_groups(self, groups: list[tuple[Tensor, Tensor | None]], kind: str, differentiable: bool) -> list[Tensor]:
@@ -481,6 +524,10 @@ class Prober:
                 f"expected {(n,) + self.out_shape} like its earlier outputs"
             )
         return y.reshape(n, -1)
+
+
+def _shape(t: Tensor | None) -> Any:
+    return None if t is None else tuple(t.shape)
 
 
 def all_finite(t: Tensor) -> bool:

@@ -4,7 +4,7 @@ The contract every estimator follows is written once, in
 :mod:`blackgrad.estimators.base`.
 """
 
-from .base import Estimator, ProberLike, VJPQuery
+from .base import VJP, Estimator, GroupedProber, ProberLike, VJPQuery
 from .broyden import Broyden
 from .complex_step import ComplexStep
 from .exact import Exact
@@ -21,6 +21,8 @@ from .unbiased import Unbiased
 __all__ = [
     "Estimator",
     "VJPQuery",
+    "VJP",
+    "GroupedProber",
     "ProberLike",
     "Exact",
     "FiniteDifference",

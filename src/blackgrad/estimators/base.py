@@ -4,24 +4,31 @@ An estimator supplies the vector–Jacobian product (VJP) that a black box lacks
 It sees the black box as a map ``f: (B, d) -> (B, m)`` on flat rows
 ``α = (x, θ)`` — the flattened input ``x`` (``n`` numbers) followed by the
 device parameters ``θ`` (``p`` numbers, the same in every row of a batch) —
-and the backward pass hands it a :class:`VJPQuery`:
+and the backward pass hands it a :class:`VJPQuery`, which owns that layout:
 
-* ``alpha`` ``(B, d)``, the points of the forward pass;
+* ``x`` ``(B, n)`` and ``theta`` ``(p,)`` (or None), the point of the
+  forward pass; ``alpha`` ``(B, d)``, the same as rows, joined on first use;
 * ``y`` ``(B, m)``, the device outputs there (already paid for);
 * ``grad_out`` ``(B, m)``, the gradient of the loss with respect to ``y``;
-* ``active`` ``(d,)`` bool, the coordinates whose gradient somebody needs.
-  An estimator never spends an evaluation on an inactive coordinate;
+* ``active`` ``(d,)`` bool, the coordinates whose gradient somebody needs
+  (``need_x``, ``need_theta``).  An estimator never spends an evaluation on
+  an inactive coordinate;
 * ``shared`` ``(d,)`` bool, the coordinates that are the same for the whole
   batch (θ).  Probes that move shared coordinates by the same amount in
-  every row go to the device as one call (see :meth:`VJPQuery.directions`).
+  every row go to the device as one call (see :meth:`VJPQuery.directions`
+  and :meth:`VJPQuery.evaluate`).
 
 The methods:
 
-``vjp(prober, query) -> Tensor``
-    returns ``grad_α`` of shape ``(B, d)`` (its inactive columns are ignored).
-    The only way to evaluate the device is ``prober(rows)`` with rows of shape
-    ``(N, d)``, which returns ``(N, m)`` and counts ``N`` probe evaluations
-    (the :class:`ProberLike` protocol).
+``vjp(prober, query) -> Tensor | VJP``
+    returns ``grad_α`` of shape ``(B, d)`` (its inactive columns are ignored;
+    θ's columns are summed over the batch by :meth:`VJPQuery.gradient`), or
+    the two parts as a :class:`VJP` (θ's already summed).  The only way to
+    evaluate the device is ``prober(rows)`` with rows of shape ``(N, d)``,
+    which returns ``(N, m)`` and counts ``N`` probe evaluations (the
+    :class:`ProberLike` protocol); ``query.evaluate(prober, rows, group)``
+    does the same and tells a :class:`~blackgrad.Prober` which rows share a
+    θ, so that it need not find out (the built-in estimators use it).
 ``observe(alpha, y)``
     is offered every forward batch evaluated in training mode, at no device
     cost: forward data is free data for learned and secant estimators.
@@ -44,8 +51,7 @@ from __future__ import annotations
 
 import abc
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
@@ -124,38 +130,190 @@ class ProberLike(Protocol):
     graph (for a device written in torch).  Any function of rows that
     returns outputs will do outside a black box (a simulated device in an
     experiment), which is why this is a protocol and not a class.
+
+    A :class:`~blackgrad.Prober` also takes probes already grouped by their
+    θ (``prober.evaluate(x, thetas, group)``, see
+    :class:`GroupedProber`); :meth:`VJPQuery.evaluate` uses that door when
+    the prober has it, so that the built-in estimators never make the
+    prober sort rows by their θ.
     """
 
     def __call__(self, rows: Tensor, differentiable: bool = False, kind: str = "probe") -> Tensor: ...
 
 
-@dataclass(frozen=True)
-class VJPQuery:
-    """What the backward pass asks of an estimator (see the module docstring)."""
+class GroupedProber(ProberLike, Protocol):
+    """A prober that also takes its probes grouped by θ (what :class:`~blackgrad.Prober` is).
 
-    alpha: Tensor
-    y: Tensor
-    grad_out: Tensor
-    active: Tensor
-    shared: Tensor
-    #: how many leading columns of ``alpha`` are the input ``x`` (the rest are θ); None: counted from ``shared``
-    inputs: int | None = None
+    ``evaluate(x, theta, group)``: inputs ``x`` ``(N, n)``; ``theta`` None
+    (no parameters), one ``(p,)`` for every row, or distinct values
+    ``(G, p)`` with ``group`` ``(N,)`` saying which row is at which.  The
+    groups go to the device in the order of ``theta``'s rows, one call each
+    (split at ``max_batch``).
+    """
+
+    def evaluate(
+        self, x: Tensor, theta: Tensor | None = None, group: Tensor | None = None, kind: str = "probe", differentiable: bool = False
+    ) -> Tensor: ...
+
+
+class VJP(NamedTuple):
+    """An estimator's answer in parts: ``x`` ``(B, n)`` and ``theta`` ``(p,)``, summed over the batch.
+
+    ``vjp`` may return this instead of ``grad_α`` ``(B, d)`` when its θ
+    gradient comes already summed (a surrogate's autograd gives it so).
+    None: a zero gradient for that part.
+    """
+
+    x: Tensor | None
+    theta: Tensor | None = None
+
+
+_MASKS: dict[tuple[Any, ...], tuple[Tensor, Tensor]] = {}
+
+
+def _layout_masks(n: int, p: int, need_x: bool, need_theta: bool, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The ``active`` and ``shared`` masks of a layout, made once per layout and kept.
+
+    Building them from Python lists on every backward pass cost more than a
+    cheap device's own backward.
+    """
+    key = (n, p, need_x, need_theta, device)
+    masks = _MASKS.get(key)
+    if masks is None:
+        active = torch.tensor([need_x] * n + [need_theta] * p, dtype=torch.bool, device=device)
+        shared = torch.tensor([False] * n + [True] * p, dtype=torch.bool, device=device)
+        masks = _MASKS[key] = (active, shared)
+    return masks
+
+
+def join(x: Tensor, theta: Tensor | None) -> Tensor:
+    """Rows ``α = (x, θ)`` ``(B, n + p)``: θ appended to every row of ``x`` (``x`` itself when there is no θ)."""
+    if theta is None:
+        return x
+    return torch.cat([x, theta.expand(x.shape[0], -1)], dim=1)
+
+
+class VJPQuery:
+    """What the backward pass asks of an estimator, and the owner of the ``α = (x, θ)`` layout.
+
+    A :class:`~blackgrad.BlackBox` makes it from the parts
+    (:meth:`from_parts`): the inputs ``x`` ``(B, n)``, the parameters ``θ``
+    ``(p,)`` shared by the batch, and which of the two need a gradient.
+    Outside a box it can be made from whole rows ``alpha`` ``(B, d)`` with
+    the masks ``active`` and ``shared`` (θ's columns last; ``inputs``: how
+    many columns are ``x``, counted from ``shared`` when None).
+
+    The rows ``alpha`` are joined only if an estimator reads them (a learned
+    model takes α as its input); :meth:`evaluate` hands probes to the
+    device grouped by their θ, and :meth:`gradient` splits an estimator's
+    answer into ``(grad_x, grad_θ)``.
+    """
+
+    def __init__(
+        self,
+        alpha: Tensor,
+        y: Tensor,
+        grad_out: Tensor,
+        active: Tensor,
+        shared: Tensor,
+        inputs: int | None = None,
+    ) -> None:
+        n = int((~shared).sum()) if inputs is None else int(inputs)
+        d = alpha.shape[1]
+        self._alpha: Tensor | None = alpha
+        self._x = alpha if n == d else alpha[:, :n]
+        self._theta = None if n == d else alpha[0, n:] if alpha.shape[0] else alpha.new_zeros(d - n)
+        self.y, self.grad_out = y, grad_out
+        self._active, self._shared = active, shared
+        self.n, self.p = n, d - n
+        self._need: tuple[bool, bool] | None = None
+        self._parts = False
+
+    @classmethod
+    def from_parts(
+        cls, x: Tensor, theta: Tensor | None, y: Tensor, grad_out: Tensor, need_x: bool = True, need_theta: bool = True
+    ) -> "VJPQuery":
+        """The query of a backward pass at inputs ``x`` ``(B, n)`` and parameters ``theta`` ``(p,)`` (or None)."""
+        query = cls.__new__(cls)
+        query._alpha = None
+        query._x, query._theta = x, theta
+        query.y, query.grad_out = y, grad_out
+        query.n, query.p = x.shape[1], 0 if theta is None else theta.shape[0]
+        query._need = (bool(need_x), bool(need_theta) and theta is not None)
+        query._active = query._shared = None
+        query._parts = True
+        return query
+
+    # ------------------------------------------------------------ the layout
+    @property
+    def x(self) -> Tensor:
+        """The inputs ``(B, n)``."""
+        return self._x
+
+    @property
+    def theta(self) -> Tensor | None:
+        """The device parameters ``(p,)``, shared by every row (None: the device has none)."""
+        return self._theta
+
+    @property
+    def alpha(self) -> Tensor:
+        """The rows ``α = (x, θ)`` ``(B, n + p)``, joined on first use."""
+        if self._alpha is None:
+            self._alpha = join(self._x, self._theta)
+        return self._alpha
 
     @property
     def n_inputs(self) -> int:
         """The number ``n`` of input columns, ahead of θ's ``p`` shared ones."""
-        return int((~self.shared).sum()) if self.inputs is None else self.inputs
+        return self.n
 
     @property
     def batch(self) -> int:
-        return self.alpha.shape[0]
+        return self._x.shape[0]
 
     @property
     def dim(self) -> int:
-        return self.alpha.shape[1]
+        return self.n + self.p
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._x.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._x.device
+
+    def _masks(self) -> tuple[Tensor, Tensor]:
+        if self._active is None:
+            self._active, self._shared = _layout_masks(self.n, self.p, *self._need, self._x.device)
+        return self._active, self._shared
+
+    @property
+    def active(self) -> Tensor:
+        """``(d,)`` bool: the coordinates whose gradient somebody needs."""
+        return self._masks()[0]
+
+    @property
+    def shared(self) -> Tensor:
+        """``(d,)`` bool: the coordinates shared by the whole batch (θ's)."""
+        return self._masks()[1]
+
+    @property
+    def need_x(self) -> bool:
+        if self._need is None:
+            self._need = (bool(self._active[: self.n].any()), bool(self._active[self.n :].any()))
+        return self._need[0]
+
+    @property
+    def need_theta(self) -> bool:
+        if self._need is None:
+            self.need_x
+        return self._need[1]
 
     @property
     def n_active(self) -> int:
+        if self._parts:  # the masks follow from the two needs: no tensor to count
+            return self.n * self._need[0] + self.p * self._need[1]
         return int(self.active.sum())
 
     def directions(self, count: int, generator: torch.Generator, distribution: str = "rademacher") -> Tensor:
@@ -174,10 +332,95 @@ class VJPQuery:
         shared = self.shared.cpu()
         draw[:, :, shared] = draw[:, :1, shared]
         draw[:, :, ~self.active.cpu()] = 0
-        return draw.to(device=self.alpha.device, dtype=self.alpha.real.dtype)
+        return draw.to(device=self.device, dtype=self._x.real.dtype)
 
     def active_index(self) -> Tensor:
         return torch.nonzero(self.active).squeeze(1)
+
+    # ------------------------------------------------------ probes and answers
+    def direction_groups(self, count: int) -> Tensor | None:
+        """The θ group of each probe row laid out ``(count, B)`` along :meth:`directions`' draws.
+
+        Row ``(i, b)`` moves θ by draw ``i``'s shared part, the same for every
+        ``b``: ``i`` is its group.  None when θ is not moved (no gradient for
+        it is needed), so that every row is at the query's own θ.
+        """
+        if not self.need_theta:
+            return None
+        return torch.arange(count, device=self.device).repeat_interleave(self.batch)
+
+    def evaluate(self, prober: ProberLike, rows: Tensor, group: Tensor | None = None, differentiable: bool = False) -> Tensor:
+        """The device's outputs ``(N, m)`` at probe rows ``α`` ``(N, d)``, counted as probes.
+
+        ``group`` ``(N,)``: rows with the same value share their θ (the
+        estimator knows this when it draws them: a shared direction moves θ
+        alike for the whole batch); None: every row is at the query's own θ.
+        A :class:`GroupedProber` then gets the inputs as they are and one θ
+        per group: nothing is split or regrouped row by row.  Groups whose θ
+        coincide are merged into one device call, and the calls are made in
+        θ's lexicographic order — the order in which the prober grouped rows
+        by their θ before, so that a noisy device draws what it drew then.
+        Any other prober (a function of rows) is called with the rows.
+        """
+        grouped = getattr(prober, "evaluate", None)
+        if grouped is None:
+            return prober(rows, differentiable=True) if differentiable else prober(rows)
+        n = self.n
+        x = rows if self.p == 0 else rows[:, :n]
+        if self.p == 0 or group is None:
+            return grouped(x, self._theta, differentiable=differentiable)
+        ids, group = torch.unique(group, return_inverse=True)
+        first = torch.full((ids.shape[0],), rows.shape[0], dtype=torch.long, device=rows.device)
+        first.scatter_reduce_(0, group, torch.arange(rows.shape[0], device=rows.device), "amin")
+        table = rows[first, n:]
+        keys = torch.view_as_real(table).flatten(1) if table.is_complex() else table
+        distinct, merged = torch.unique(keys.detach(), dim=0, return_inverse=True)
+        if distinct.shape[0] == 1:
+            return grouped(x, table[0], differentiable=differentiable)
+        # one θ per merged group, in sorted order: that of the first of its members
+        keep = torch.full((distinct.shape[0],), table.shape[0], dtype=torch.long, device=rows.device)
+        keep.scatter_reduce_(0, merged, torch.arange(table.shape[0], device=rows.device), "amin")
+        return grouped(x, table[keep], merged[group], differentiable=differentiable)
+
+    def rows(self, grad: "Tensor | VJP") -> Tensor:
+        """An answer as ``grad_α`` rows ``(B, d)``: a :class:`VJP`'s θ part spread evenly over the rows.
+
+        For an estimator that works on another's answer row by row
+        (:class:`~blackgrad.estimators.Unbiased`); the rows sum to the same θ gradient.
+        """
+        if isinstance(grad, Tensor):
+            return grad
+        grad_x, grad_theta = self.gradient(grad)
+        x = torch.zeros_like(self._x) if grad_x is None else grad_x
+        if self.p == 0:
+            return x
+        theta = torch.zeros_like(self._theta) if grad_theta is None else grad_theta
+        return torch.cat([x, (theta / max(self.batch, 1)).expand(self.batch, -1)], dim=1)
+
+    def gradient(self, grad: "Tensor | VJP") -> tuple[Tensor | None, Tensor | None]:
+        """``(grad_x, grad_θ)`` from an estimator's answer; None for a part nobody needs.
+
+        ``grad`` is ``grad_α`` ``(B, d)`` (θ's columns summed over the
+        batch here) or a :class:`VJP` of the two parts.
+        """
+        batch, n, p = self.batch, self.n, self.p
+        need_x, need_theta = self.need_x, self.need_theta
+        if isinstance(grad, VJP):
+            grad_x, grad_theta = grad
+            for part, value, shape in (("x", grad_x, (batch, n)), ("theta", grad_theta, (p,))):
+                if value is not None and (not isinstance(value, Tensor) or tuple(value.shape) != shape):
+                    got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                    raise ValueError(f"VJP.{part} has shape {got}; expected {shape}")
+            grad_x = (torch.zeros_like(self._x) if grad_x is None else grad_x) if need_x else None
+            if need_theta:
+                grad_theta = torch.zeros_like(self._theta) if grad_theta is None else grad_theta
+            return grad_x, grad_theta if need_theta else None
+        if not isinstance(grad, Tensor) or tuple(grad.shape) != (batch, n + p):
+            got = tuple(grad.shape) if isinstance(grad, Tensor) else type(grad).__name__
+            raise ValueError(f"a gradient of shape {got}; expected {(batch, n + p)} (batch, {n} inputs + {p} params)")
+        grad_x = (grad if p == 0 else grad[:, :n]) if need_x else None
+        grad_theta = grad[:, n:].sum(0) if need_theta else None
+        return grad_x, grad_theta
 
 
 class Estimator(abc.ABC):
@@ -258,7 +501,15 @@ class Estimator(abc.ABC):
         return f"{type(self).__name__}({inner})"
 
 
-def _directional_slopes(prober: ProberLike, points: Tensor, directions: Tensor, step: float, y: Tensor | None) -> Tensor:
+def _directional_slopes(
+    prober: ProberLike,
+    points: Tensor,
+    directions: Tensor,
+    step: float,
+    y: Tensor | None,
+    query: VJPQuery | None = None,
+    group: Tensor | None = None,
+) -> Tensor:
     """Measured slopes of the device along ``directions`` at ``points`` (both ``(N, d)``).
 
     One-sided ``(f(α + hε) − y) / h`` when the outputs ``y`` at ``points`` are
@@ -266,18 +517,36 @@ def _directional_slopes(prober: ProberLike, points: Tensor, directions: Tensor, 
     ``(f(α + hε) − f(α − hε)) / 2h`` otherwise — in one prober request either
     way.  ``h`` is the step really taken along ``ε`` after rounding; a step too
     small for the dtype to represent raises instead of returning a zero or NaN
-    slope.  Returns ``(N, m)``.
+    slope.  With the ``query`` the probes go through :meth:`VJPQuery.evaluate`,
+    ``group`` saying which rows share their θ (None: all at the query's own).
+    Returns ``(N, m)``.
     """
     plus = points + step * directions
     moved = [plus - points]
     if y is None:
         minus = points - step * directions
         moved.append(points - minus)
-        f_plus, f_minus = prober(torch.cat([plus, minus])).reshape(2, points.shape[0], -1)
+        rows = torch.cat([plus, minus])
+        if query is None:
+            f_both = prober(rows)
+        else:  # the minus probes of a direction share a θ of their own
+            both = None if group is None else torch.cat([group, group + (int(group.max()) + 1)])
+            f_both = query.evaluate(prober, rows, both)
+        f_plus, f_minus = f_both.reshape(2, points.shape[0], -1)
         difference = f_plus - f_minus
     else:
-        difference = prober(plus) - y
-    taken = sum(moved)  # the whole displacement between the two evaluations
+        difference = (prober(plus) if query is None else query.evaluate(prober, plus, group)) - y
+    return difference / _taken(sum(moved), directions, step, points)
+
+
+def _taken(taken: Tensor, directions: Tensor, step: float, points: Tensor) -> Tensor:
+    """The length of the step really taken along each direction after rounding, ``(N, 1)``.
+
+    ``taken`` is the whole displacement between the two evaluations of each
+    row; its projection on the direction is the length the difference is
+    divided by.  A step too small for the dtype raises rather than giving a
+    zero or NaN slope.
+    """
     norm = directions.pow(2).sum(1)
     length = (taken * directions).sum(1) / norm.clamp(min=torch.finfo(norm.dtype).tiny)
     if bool(((length == 0) & (norm > 0)).any()):
@@ -285,7 +554,7 @@ def _directional_slopes(prober: ProberLike, points: Tensor, directions: Tensor, 
             f"a probe step of {step:g} vanishes in {points.dtype} at these inputs (|α| up to "
             f"{points.abs().max().item():.3g}); pass a larger step="
         )
-    return difference / length.clamp(min=torch.finfo(norm.dtype).tiny).unsqueeze(1)
+    return length.clamp(min=torch.finfo(norm.dtype).tiny).unsqueeze(1)
 
 
 def _make_generator(seed: int | None) -> torch.Generator:

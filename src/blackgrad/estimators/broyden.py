@@ -106,7 +106,7 @@ class Broyden(Estimator):
             h = self.probe_step(alpha.dtype, 1)
             dx = h * query.directions(self.probes, self.generator)  # (P, B, d)
             probes = (alpha + dx).reshape(-1, query.dim)
-            df = prober(probes).reshape(self.probes, query.batch, -1) - query.y
+            df = query.evaluate(prober, probes, query.direction_groups(self.probes)).reshape(self.probes, query.batch, -1) - query.y
             dx = (probes - alpha.repeat(self.probes, 1))  # the steps really taken
             df = df.reshape(-1, df.shape[-1])
             g = query.grad_out.repeat(self.probes, 1)

@@ -37,7 +37,9 @@ class ComplexStep(Estimator):
         complex_dtype = torch.complex128 if alpha.dtype == torch.float64 else torch.complex64
         probes = alpha.to(complex_dtype).expand(k, batch, -1).clone()
         probes[torch.arange(k, device=alpha.device), :, index] += 1j * self.step
-        f = prober(probes.reshape(k * batch, -1))
+        moves_theta = index >= query.n  # a θ coordinate's probes share a θ of their own; 0 is the query's
+        group = torch.where(moves_theta, torch.arange(1, k + 1, device=alpha.device), 0).repeat_interleave(batch)
+        f = query.evaluate(prober, probes.reshape(k * batch, -1), group if bool(moves_theta.any()) else None)
         if not f.is_complex():
             raise DeviceOutputError(
                 f"ComplexStep needs black box {prober.name!r} to keep complex arithmetic, "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Estimator, ProberLike, VJPQuery
+from .base import VJP, Estimator, ProberLike, VJPQuery
 
 
 class Exact(Estimator):
@@ -24,13 +24,23 @@ class Exact(Estimator):
 
     differentiates_device = True
 
-    def vjp(self, prober: ProberLike, query: VJPQuery) -> Tensor:
-        alpha = query.alpha.detach().requires_grad_(True)
+    def vjp(self, prober: ProberLike, query: VJPQuery) -> Tensor | VJP:
+        grouped = getattr(prober, "evaluate", None)
+        if grouped is None:  # a function of rows α: differentiate through the rows
+            alpha = query.alpha.detach().requires_grad_(True)
+            with torch.enable_grad():
+                y = prober(alpha, differentiable=True)
+                require_graph(y, getattr(prober, "name", "device"))
+                (grad,) = torch.autograd.grad(y, alpha, query.grad_out)
+            return grad
+        # x and θ as the device takes them: θ's gradient comes summed over the batch
+        x = query.x.detach().requires_grad_(True)
+        inputs = (x,) if query.theta is None else (x, query.theta.detach().requires_grad_(True))
         with torch.enable_grad():
-            y = prober(alpha, differentiable=True)
+            y = grouped(*inputs, differentiable=True)
             require_graph(y, prober.name)
-            (grad,) = torch.autograd.grad(y, alpha, query.grad_out)
-        return grad
+            grads = torch.autograd.grad(y, inputs, query.grad_out, allow_unused=True)
+        return grads[0] if query.theta is None else VJP(*grads)
 
     def probe_cost(self, d: int, m: int, batch: int) -> int:
         return batch

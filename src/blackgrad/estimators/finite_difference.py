@@ -53,16 +53,22 @@ class FiniteDifference(Estimator):
         plus[rows, :, index] += h
         # The steps really taken, after rounding.
         taken = plus[rows, :, index] - alpha[:, index].T
+        # the θ group of each probe row: a θ coordinate's probes share a θ of their own, 0 is the query's
+        moves_theta = index >= query.n
+        group = None
+        if bool(moves_theta.any()):
+            group = torch.where(moves_theta, rows + 1, 0).repeat_interleave(batch)
         if central:
             minus = alpha.expand(k, batch, -1).clone()
             minus[rows, :, index] -= h
             taken = taken + (alpha[:, index].T - minus[rows, :, index])
             # One request for the whole backward pass: it is packed into as few
             # device calls as possible and either fits the budget or spends nothing.
-            f_plus, f_minus = prober(torch.cat([plus, minus]).reshape(2 * k * batch, -1)).reshape(2, k, batch, -1)
+            both = None if group is None else torch.cat([group, torch.where(group > 0, group + k, 0)])
+            f_plus, f_minus = query.evaluate(prober, torch.cat([plus, minus]).reshape(2 * k * batch, -1), both).reshape(2, k, batch, -1)
             columns = (f_plus - f_minus) / taken.unsqueeze(-1)
         else:
-            f_plus = prober(plus.reshape(k * batch, -1)).reshape(k, batch, -1)
+            f_plus = query.evaluate(prober, plus.reshape(k * batch, -1), group).reshape(k, batch, -1)
             columns = (f_plus - query.y) / taken.unsqueeze(-1)
         grad[:, index] = torch.einsum("bm,kbm->bk", query.grad_out, columns)
         return grad

@@ -401,6 +401,8 @@ class LearnedEstimator(Estimator):
         direction = directions[pick_k, pick_b]
         shared = query.shared.to(alpha.device)
         inputs, params = query.active & ~shared, query.active & shared
+        # the θ group of each row: rows of one draw move θ alike (None: θ is not moved)
+        group = pick_k if query.need_theta else None
         if self.separate_parts and bool(inputs.any()) and bool(params.any()):
             # Each row moves either the inputs or θ, in proportion to their sizes, so that
             # the two parts of the VJP are scored and gated apart: θ's gradient is summed
@@ -408,10 +410,11 @@ class LearnedEstimator(Estimator):
             share = int(params.sum()) / int(query.active.sum())
             moves_params = torch.rand(direction.shape[0], generator=self.generator).to(alpha.device) < share
             direction = torch.where(moves_params.unsqueeze(1), direction * params, direction * inputs)
+            group = torch.where(moves_params, pick_k + 1, 0)  # 0: at the query's own θ
         points = alpha[pick_b]
         h = self.probe_step(alpha.dtype)
         y = None if self.scheme == "central" else query.y[pick_b]
-        slope = _directional_slopes(prober, points, direction, h, y)
+        slope = _directional_slopes(prober, points, direction, h, y, query, group)
         return points, direction, slope, query.grad_out[pick_b]
 
     def probe_step(self, dtype: torch.dtype, order: int | None = None) -> float:

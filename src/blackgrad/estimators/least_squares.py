@@ -90,6 +90,8 @@ class LeastSquares(Estimator):
             shared = bool(query.shared[index].any())
             frame = self._frame(n_probes, k, 1 if shared else batch).to(alpha) * (h * k**0.5)  # (B or 1, P, k)
             frame = frame.expand(batch, -1, -1).transpose(0, 1)  # (P, B, k)
+            # with θ probed, probe p moves θ alike in every row: its rows share a θ of their own
+            group = torch.arange(n_probes, device=alpha.device).repeat_interleave(batch) if shared else None
             plus = alpha.expand(n_probes, batch, -1).clone()
             plus[:, :, index] += frame
             dx = plus[:, :, index] - alpha[:, index]  # the steps really taken, (P, B, k)
@@ -98,10 +100,11 @@ class LeastSquares(Estimator):
                 minus[:, :, index] -= frame
                 dx = (dx + alpha[:, index] - minus[:, :, index]) / 2
                 rows = torch.cat([plus, minus]).reshape(2 * n_probes * batch, -1)  # one request
-                f_plus, f_minus = prober(rows).reshape(2, n_probes, batch, -1)
+                both = None if group is None else torch.arange(2 * n_probes, device=rows.device).repeat_interleave(batch)
+                f_plus, f_minus = query.evaluate(prober, rows, both).reshape(2, n_probes, batch, -1)
                 df = (f_plus - f_minus) / 2
             else:
-                df = prober(plus.reshape(n_probes * batch, -1)).reshape(n_probes, batch, -1) - query.y
+                df = query.evaluate(prober, plus.reshape(n_probes * batch, -1), group).reshape(n_probes, batch, -1) - query.y
             dx_parts.append(dx.transpose(0, 1))
             c_parts.append(torch.einsum("pbm,bm->bp", df, query.grad_out))
         if self.neighbors > 0 and batch > 1:

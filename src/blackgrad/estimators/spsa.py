@@ -77,15 +77,15 @@ class SPSA(Estimator):
         return self.scheme == "central"
 
     def vjp(self, prober: ProberLike, query: VJPQuery) -> Tensor:
-        alpha = query.alpha
         if query.n_active == 0:
-            return torch.zeros_like(alpha)
+            return torch.zeros_like(query.alpha)
         k, batch = self.directions, query.batch
-        c = self.probe_step(alpha.dtype, 2 if self.antithetic else 1)
+        c = self.probe_step(query.dtype, 2 if self.antithetic else 1)
         delta = query.directions(k, self.generator, self.distribution)  # (k, B, d)
-        rows = alpha.expand(k, batch, -1).reshape(k * batch, -1)
+        rows = query.alpha.expand(k, batch, -1).reshape(k * batch, -1)
         y = None if self.antithetic else query.y.repeat(k, 1)
-        slope = _directional_slopes(prober, rows, delta.reshape(k * batch, -1), c, y).reshape(k, batch, -1)
+        group = query.direction_groups(k)
+        slope = _directional_slopes(prober, rows, delta.reshape(k * batch, -1), c, y, query, group).reshape(k, batch, -1)
         along = torch.einsum("bm,kbm->kb", query.grad_out, slope)  # gᵀ J δ_i
         estimate = torch.einsum("kb,kbd->bd", along, delta) / k
         self.monitor.score_spread(estimate, along, delta, query.shared)

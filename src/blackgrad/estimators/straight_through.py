@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .base import Estimator, ProberLike, VJPQuery
+from .base import VJP, Estimator, ProberLike, VJPQuery
 
 
 class StraightThrough(Estimator):
@@ -47,39 +47,28 @@ class StraightThrough(Estimator):
         self.derivative = derivative
         self.surrogate = surrogate
 
-    def vjp(self, prober: ProberLike, query: VJPQuery) -> Tensor:
-        alpha, n = query.alpha, query.n_inputs
-        has_theta = n < alpha.shape[1]
-        x = alpha[:, :n] if has_theta else alpha
+    def vjp(self, prober: ProberLike, query: VJPQuery) -> VJP:
+        x, theta, n = query.x, query.theta, query.n
         if self.surrogate is not None:
-            theta = alpha[0, n:]
-            inputs = (x.detach().requires_grad_(True),) + ((theta.detach().requires_grad_(True),) if n < alpha.shape[1] else ())
+            inputs = (x.detach().requires_grad_(True),) + (() if theta is None else (theta.detach().requires_grad_(True),))
             with torch.enable_grad():
                 out = self.surrogate(*inputs)
                 grads = torch.autograd.grad(out, inputs, query.grad_out, allow_unused=True)
-            grad = torch.zeros_like(alpha)
-            if grads[0] is not None:
-                grad[:, :n] = grads[0]
-            if len(grads) > 1 and grads[1] is not None:
-                # θ's gradient is already summed over the batch; put it on one row.
-                grad[0, n:] = grads[1]
-            return grad
-        if has_theta and bool(query.active[n:].any()):
+            # autograd already sums θ's gradient over the batch: the query takes the parts as they are
+            return VJP(grads[0], grads[1] if len(grads) > 1 else None)
+        if query.need_theta:
             raise ValueError("StraightThrough with a derivative has no gradient for device parameters θ; use surrogate=")
         if query.grad_out.shape[1] != n:
             raise ValueError(
                 f"StraightThrough with an elementwise derivative needs as many outputs as inputs; "
                 f"the device maps {n} numbers to {query.grad_out.shape[1]}"
             )
-        slope = torch.ones_like(x) if self.derivative == "identity" else self.derivative(x)
+        if self.derivative == "identity":
+            return VJP(query.grad_out)
+        slope = self.derivative(x)
         if slope.shape != x.shape:
             raise ValueError(f"derivative returned shape {tuple(slope.shape)}, expected {tuple(x.shape)}")
-        grad = query.grad_out * slope
-        if not has_theta:  # nothing to pad
-            return grad
-        padded = torch.zeros_like(alpha)
-        padded[:, :n] = grad
-        return padded
+        return VJP(query.grad_out * slope)
 
     def probe_cost(self, d: int, m: int, batch: int) -> int:
         return 0

@@ -202,14 +202,15 @@ class Unbiased(Estimator):
             with torch.no_grad():
                 estimate = self.inner.predict_vjp(alpha, query.grad_out)
         else:
-            estimate = self.inner.vjp(prober, query)
+            estimate = query.rows(self.inner.vjp(prober, query))
         if query.n_active == 0:
             return estimate
         h = self.probe_step(alpha.dtype, 2 if self.antithetic else 1)
         delta = query.directions(k, self.generator, self.distribution)  # (k, B, d)
         rows = alpha.repeat(k, 1)
         y = None if self.antithetic else query.y.repeat(k, 1)
-        slope = _directional_slopes(prober, rows, delta.reshape(k * batch, -1), h, y).reshape(k, batch, -1)
+        group = query.direction_groups(k)
+        slope = _directional_slopes(prober, rows, delta.reshape(k * batch, -1), h, y, query, group).reshape(k, batch, -1)
         v = estimate * query.active.to(estimate.dtype)
         c = self._c  # from past passes only: independent of this pass's directions
         along = torch.einsum("bm,kbm->kb", query.grad_out, slope)  # gᵀ s_i
