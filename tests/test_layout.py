@@ -1,0 +1,169 @@
+"""One owner for the (x, θ) layout: the query joins, groups and splits; the prober owns ledger and budget."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import blackgrad as bg
+from blackgrad.estimators import (
+    VJP,
+    Broyden,
+    DigitalTwin,
+    Estimator,
+    FiniteDifference,
+    LeastSquares,
+    SPSA,
+    StraightThrough,
+    Unbiased,
+    VJPQuery,
+)
+from blackgrad.prober import Prober
+
+W = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+
+def with_theta(x, theta):
+    return torch.tanh(x @ theta.reshape(3, 4).T) + x[:, :3]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        FiniteDifference,
+        lambda: FiniteDifference(scheme="forward"),
+        lambda: SPSA(directions=3, gate=None),
+        lambda: LeastSquares(scheme="central"),
+        lambda: Broyden(probes=2),
+        lambda: DigitalTwin(),
+        lambda: Unbiased(SPSA(gate=None)),
+    ],
+)
+def test_built_in_estimators_hand_the_prober_probes_grouped_by_theta(make, monkeypatch):
+    """No whole α rows reach a box's prober: every probe comes with its θ group, counted as before."""
+    box = bg.BlackBox(with_theta, make(), params=W.reshape(-1).clone(), calibrate=False)
+    x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    y = box(x)
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("whole α rows reached the prober")
+
+    monkeypatch.setattr(Prober, "__call__", refuse)
+    y.sum().backward()
+    estimator = box.estimator
+    assert box.calls.probe == estimator.probe_cost(4 + 12, 3, 5)
+    assert x.grad is not None and box.params.grad is not None
+    assert torch.isfinite(x.grad).all() and torch.isfinite(box.params.grad).all()
+
+
+class RowEstimator(Estimator):
+    """A user's estimator that knows nothing of groups: central differences on whole rows ``prober(rows)``."""
+
+    def vjp(self, prober, query):
+        alpha, index = query.alpha, query.active_index()
+        k, batch = index.numel(), query.batch
+        h = 1e-6 * alpha[:, index].abs().clamp(min=1.0).T  # relative, as FiniteDifference(step=1e-6)
+        plus = alpha.expand(k, batch, -1).clone()
+        plus[torch.arange(k), :, index] += h
+        minus = alpha.expand(k, batch, -1).clone()
+        minus[torch.arange(k), :, index] -= h
+        f_plus, f_minus = prober(torch.cat([plus, minus]).reshape(2 * k * batch, -1)).reshape(2, k, batch, -1)
+        grad = torch.zeros_like(alpha)
+        grad[:, index] = torch.einsum("bm,kbm->bk", query.grad_out, (f_plus - f_minus) / (2 * h).unsqueeze(-1))
+        return grad
+
+    def probe_cost(self, d, m, batch):
+        return 2 * d * batch
+
+
+def test_an_estimator_that_calls_the_prober_with_whole_rows_gets_the_same_calls_and_gradients():
+    theta = W.reshape(-1).clone()
+    x = torch.randn(6, 4, dtype=torch.float64)
+    g = torch.randn(6, 3, dtype=torch.float64)
+    results = []
+    for estimator in (RowEstimator(), FiniteDifference(step=1e-6, scheme="central")):
+        calls = []
+
+        def device(x, theta):
+            calls.append((x.clone(), theta.clone()))
+            return with_theta(x, theta)
+
+        box = bg.BlackBox(device, estimator, params=theta.clone(), calibrate=False)
+        xi = x.clone().requires_grad_(True)
+        box(xi).backward(g)
+        results.append((calls, xi.grad, box.params.grad, box.calls.as_dict()))
+    (rows_calls, rows_gx, rows_gt, rows_ledger), (grouped_calls, gx, gt, ledger) = results
+    # the same device calls: all x probes in one call at θ, one call per (sign, θ coordinate)
+    assert len(rows_calls) == len(grouped_calls) == 1 + 1 + 2 * 12
+    for (xa, ta), (xb, tb) in zip(rows_calls, grouped_calls):
+        assert torch.equal(ta, tb) and xa.shape == xb.shape
+    assert torch.allclose(rows_gx, gx, atol=1e-6) and torch.allclose(rows_gt, gt, atol=1e-6)
+    assert {k: v for k, v in rows_ledger.items() if k != "seconds"} == {k: v for k, v in ledger.items() if k != "seconds"}
+
+
+def test_a_query_from_parts_joins_rows_only_when_read_and_splits_the_answer():
+    x = torch.randn(4, 3)
+    theta = torch.randn(2)
+    y, g = torch.randn(4, 5), torch.randn(4, 5)
+    query = VJPQuery.from_parts(x, theta, y, g, need_x=True, need_theta=True)
+    assert (query.n, query.p, query.batch, query.dim, query.n_active) == (3, 2, 4, 5, 5)
+    assert query._alpha is None  # nothing joined yet
+    assert torch.equal(query.alpha, torch.cat([x, theta.expand(4, -1)], 1))
+    assert torch.equal(query.active, torch.ones(5, dtype=torch.bool))
+    assert torch.equal(query.shared, torch.tensor([False] * 3 + [True] * 2))
+    grad = torch.randn(4, 5)
+    grad_x, grad_theta = query.gradient(grad)
+    assert torch.equal(grad_x, grad[:, :3]) and torch.allclose(grad_theta, grad[:, 3:].sum(0))
+    # the same answer in parts
+    parts_x, parts_theta = query.gradient(VJP(grad[:, :3], grad[:, 3:].sum(0)))
+    assert torch.equal(parts_x, grad_x) and torch.equal(parts_theta, grad_theta)
+    # as rows for an estimator that works row by row: the θ part spread evenly, the same sum
+    rows = query.rows(VJP(grad[:, :3], grad[:, 3:].sum(0)))
+    assert rows.shape == (4, 5) and torch.allclose(rows[:, 3:].sum(0), grad_theta)
+    with pytest.raises(ValueError, match=r"VJP.theta has shape \(3,\); expected \(2,\)"):
+        query.gradient(VJP(grad[:, :3], torch.zeros(3)))
+    with pytest.raises(ValueError, match=r"a gradient of shape \(4, 4\); expected \(4, 5\) \(batch, 3 inputs \+ 2 params\)"):
+        query.gradient(torch.zeros(4, 4))
+    only_x = VJPQuery.from_parts(x, theta, y, g, need_x=True, need_theta=False)
+    assert only_x.n_active == 3 and only_x.gradient(grad)[1] is None and only_x.direction_groups(2) is None
+
+
+def test_straight_through_surrogate_answers_theta_summed_without_a_row_of_its_own():
+    theta = W.reshape(-1).clone()
+    box = bg.BlackBox(with_theta, StraightThrough(surrogate=with_theta), params=theta.clone(), calibrate=False)
+    x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(5, 3, dtype=torch.float64)
+    box(x).backward(g)
+    xr, tr = x.detach().clone().requires_grad_(True), theta.clone().requires_grad_(True)
+    with_theta(xr, tr).backward(g)
+    assert torch.allclose(x.grad, xr.grad) and torch.allclose(box.params.grad, tr.grad)
+    assert box.calls.probe == 0
+
+
+def test_the_box_shows_the_probers_ledger_and_budget():
+    box = bg.BlackBox(torch.sin, SPSA(), budget=50, calibrate=False)
+    assert box.calls is box.prober.ledger and box.calls.total == 0  # before the first batch too
+    box.budget = 40
+    assert box.prober.budget == 40
+    box(torch.randn(4, 3, requires_grad=True)).sum().backward()
+    assert box.calls is box.prober.ledger and box.calls.total == 4 + 2 * 4
+    state = box.state_dict()
+    other = bg.BlackBox(torch.sin, SPSA(), calibrate=False)
+    other.load_state_dict(state)
+    assert other.calls.total == 12 and other.calls is other.prober.ledger
+
+
+def test_exact_called_with_a_prober_differentiates_x_and_theta_as_the_device_takes_them():
+    from blackgrad.estimators import Exact
+
+    theta = W.reshape(-1).clone()
+    prober = Prober(with_theta, (4,), n_params=12)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    y = prober.forward(x, theta)
+    g = torch.randn_like(y)
+    query = VJPQuery.from_parts(x, theta, y, g)
+    grad_x, grad_theta = query.gradient(Exact().vjp(prober, query))
+    xr, tr = x.clone().requires_grad_(True), theta.clone().requires_grad_(True)
+    with_theta(xr, tr).backward(g)
+    assert torch.allclose(grad_x, xr.grad) and torch.allclose(grad_theta, tr.grad)
+    assert prober.ledger.probe == Exact().probe_cost(16, 3, 5) == 5
