@@ -445,3 +445,39 @@ def test_samples_of_a_call_that_raised_outside_the_retry_policy_are_counted(erro
     with pytest.raises(type(error)):
         box(torch.randn(5, 3))
     assert (box.calls.failed, box.calls.total, box.calls.device_calls) == (5, 5, 1)
+
+
+def test_a_device_that_promised_not_to_edit_its_inputs_and_did_is_caught_and_cannot_touch_theta():
+    def vandal(x, theta):
+        out = x * theta.mul_(2)[0]
+        x.zero_()
+        return out
+
+    box = bg.BlackBox(vandal, FiniteDifference(), params=torch.ones(1, dtype=torch.float64), calibrate=False, copy_inputs=False)
+    activation = torch.randn(3, 2, dtype=torch.float64, requires_grad=True) * 1.0
+    with pytest.raises(bg.DeviceError, match="edited its input in place .* copy_inputs=False"):
+        box(activation)
+    assert torch.equal(box.params.detach(), torch.ones(1, dtype=torch.float64))  # θ was a copy
+    assert (box.calls.failed, box.calls.forward) == (3, 0)
+
+
+def test_a_device_that_keeps_its_promise_gets_its_inputs_uncopied_and_the_same_results():
+    seen = []
+
+    def device(x):
+        seen.append(x)
+        return torch.sin(x)
+
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    results = []
+    for copy in (True, False):
+        box = bg.BlackBox(device, SPSA(directions=2, gate=None), copy_inputs=copy, calibrate=False)
+        xi = x.detach().clone().requires_grad_(True)
+        y = box(xi)
+        assert (seen[-1].data_ptr() == xi.data_ptr()) is (not copy)  # the forward batch itself, uncopied
+        y.sum().backward()
+        results.append((y.detach(), xi.grad, box.calls.total))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    assert results[0][2] == results[1][2]
+    with pytest.raises(TypeError, match="copy_inputs must be True or False"):
+        bg.BlackBox(device, copy_inputs="no")(x)

@@ -95,22 +95,23 @@ def _backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, Tensor | None, N
     x, y, *rest = ctx.saved_tensors
     theta = rest[0] if ctx.has_theta else None
     need_x, need_theta = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    if not torch.is_grad_enabled():  # the usual backward: autograd already records nothing
+        return (*ctx.box._estimate(x, theta, y, grad_y, need_x, need_theta), None)
     with torch.no_grad():
         grad_x, grad_theta = ctx.box._estimate(x, theta, y, grad_y, need_x, need_theta)
-    if torch.is_grad_enabled():
-        # create_graph=True: this gradient may be differentiated again, and an estimate has no
-        # derivative to give (it depends on x through J(x), unknown).  Dropping that term would
-        # be a silently wrong second derivative: the gradients refuse to be differentiated.
-        box = ctx.box
-        message = (
-            f"a second derivative through black box {box.name!r} was asked for (a gradient computed with "
-            f"create_graph=True was differentiated again), but its estimator {type(box.estimator).__name__} "
-            "gives first-order gradients only: an estimated vector-Jacobian product has no derivative to give. "
-            "Use the Exact() estimator if the device is differentiable torch code, or compute the first "
-            "gradient with create_graph=False"
-        )
-        sources = (x, theta, grad_y)
-        grad_x, grad_theta = (None if g is None else first_order_only(g, message, *sources) for g in (grad_x, grad_theta))
+    # create_graph=True: this gradient may be differentiated again, and an estimate has no
+    # derivative to give (it depends on x through J(x), unknown).  Dropping that term would
+    # be a silently wrong second derivative: the gradients refuse to be differentiated.
+    box = ctx.box
+    message = (
+        f"a second derivative through black box {box.name!r} was asked for (a gradient computed with "
+        f"create_graph=True was differentiated again), but its estimator {type(box.estimator).__name__} "
+        "gives first-order gradients only: an estimated vector-Jacobian product has no derivative to give. "
+        "Use the Exact() estimator if the device is differentiable torch code, or compute the first "
+        "gradient with create_graph=False"
+    )
+    sources = (x, theta, grad_y)
+    grad_x, grad_theta = (None if g is None else first_order_only(g, message, *sources) for g in (grad_x, grad_theta))
     return grad_x, grad_theta, None
 
 
@@ -194,6 +195,17 @@ class BlackBox(nn.Module):
             abandoned, and whatever it returns later is discarded and never
             counted (see :class:`RetryPolicy`).
         numpy: call ``fun`` with numpy arrays instead of tensors.
+        copy_inputs: ``True`` (default): a torch device is handed copies of
+            its inputs, so that one that edits them in place cannot change
+            the model's activations, parameters or an estimator's probes.
+            ``False``: the device promises not to edit its inputs, and is
+            handed them without a copy — one memory copy fewer per call,
+            which a cheap device on wide batches notices (BENCHMARKS.md) —
+            while θ is still copied, so the model's
+            parameters stay out of its reach whatever it does; a broken
+            promise is caught after the call by the tensor's version counter
+            and raised as :class:`~blackgrad.errors.DeviceError` (the inputs
+            are changed by then).  Numpy devices always get copies.
         name: how errors and reports name the device.
         calibrate: ``True`` (default): on the first training batch that needs
             a gradient, measure the device (:func:`~blackgrad.calibrate`, a
@@ -248,6 +260,7 @@ class BlackBox(nn.Module):
         budget: int | None = None,
         timeout: float | None = None,
         numpy: bool = False,
+        copy_inputs: bool = True,
         name: str | None = None,
         calibrate: bool | DeviceProfile = True,
         record: Any = None,
@@ -302,10 +315,9 @@ class BlackBox(nn.Module):
             budget=budget,
             numpy=numpy,
             name=self.name,
+            copy_inputs=copy_inputs,
         )
         self.recorder = self.prober.recorder = _recorder(record)
-        # whether the estimator learns from forward batches: the rows α are joined for it only then
-        self._observes = type(estimator).observe is not Estimator.observe
         self._calibrate = calibrate is True
         self.profile: DeviceProfile | None = calibrate if isinstance(calibrate, DeviceProfile) else None
         if self.profile is not None:
@@ -337,26 +349,28 @@ class BlackBox(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor):
             raise TypeError(f"BlackBox {self.name!r} takes a tensor batch, got {type(x).__name__}")
-        if x.dim() == 0:
+        dim = x.dim()
+        if dim == 0:
             raise InputShapeError(f"BlackBox {self.name!r} takes a batch (B, *in_shape); got a scalar")
-        if x.dim() == 1 and self._in_shape != ():
+        if dim == 1 and self._in_shape != ():
             # one sample of shape (n,) and a batch of n scalars look alike: make the caller say which
             raise InputShapeError(
                 f"BlackBox {self.name!r} takes a batch (B, *in_shape); got shape {tuple(x.shape)}: for one "
                 "sample use x.unsqueeze(0), for a batch of scalars give in_shape=()"
             )
-        if not (x.is_floating_point() or x.is_complex()):
+        complex_ = x.is_complex()
+        if not (complex_ or x.is_floating_point()):
             raise TypeError(f"BlackBox {self.name!r} takes a floating-point batch, got {x.dtype}")
         if self._in_shape is None:
             self._shape_inputs(tuple(x.shape[1:]))
-        if tuple(x.shape[1:]) != self._in_shape:
+        if x.shape[1:] != self._in_shape:
             raise InputShapeError(
                 f"BlackBox {self.name!r} expects inputs of shape (B, {', '.join(map(str, self._in_shape))}); "
                 f"got {tuple(x.shape)}"
             )
         batch = x.shape[0]
         # rows as they are when already flat: a reshape would add a node to every backward pass
-        flat = x if x.dim() == 2 else x.reshape(batch, self.prober.n_x)
+        flat = x if dim == 2 else x.reshape(batch, self.prober.n_x)
         theta = self.params
         if theta is not None and theta.dtype != flat.dtype:
             theta = theta.to(flat.dtype)
@@ -367,7 +381,7 @@ class BlackBox(nn.Module):
                 f"BlackBox {self.name!r}: {type(self.estimator).__name__} estimates gradients from differences "
                 f"and learned models, which {flat.dtype} is too coarse for; cast the input to float32 (x.float())"
             )
-        if wants_gradient and x.is_complex() and not self.estimator.supports_complex:
+        if wants_gradient and complex_ and not self.estimator.supports_complex:
             raise TypeError(
                 f"BlackBox {self.name!r}: {type(self.estimator).__name__} cannot estimate gradients for complex "
                 f"inputs ({x.dtype}); use FiniteDifference(), SPSA(), LeastSquares(), a learned estimator, or "
@@ -379,8 +393,8 @@ class BlackBox(nn.Module):
             and self._calibrate
             and self.profile is None
             and self.estimator.needs_profile
-            and x.shape[0] > 0
-            and not x.is_complex()  # calibration measures real devices; complex ones keep their steps
+            and batch > 0
+            and not complex_  # calibration measures real devices; complex ones keep their steps
         )
         # The whole step must fit before anything is spent: calibration, this forward batch and
         # the probes its backward pass will ask for (a backward refused half-way through a
@@ -388,7 +402,7 @@ class BlackBox(nn.Module):
         backward = 0
         if wants_gradient and self.prober.budget is not None and not self.estimator.differentiates_device:
             need_theta = theta is not None and theta.requires_grad
-            backward = self._backward_cost(batch, flat.requires_grad, need_theta, x.is_complex())
+            backward = self._backward_cost(batch, flat.requires_grad, need_theta, complex_)
         if calibrating:
             cost = calibration_cost(min(8, batch), 8, 2)  # calibrate()'s defaults, as called below
             self.prober.check_budget(cost, "calibration", after=batch + backward, after_what="the step it belongs to")
@@ -402,7 +416,8 @@ class BlackBox(nn.Module):
                 require_graph(y, self.name)
         else:
             y = _apply(flat, theta, self)
-        if self.training:
+        # offered only to an estimator that learns from forward batches (the base ignores them)
+        if self.training and type(self.estimator).observe is not Estimator.observe:
             self._observe(flat.detach(), None if theta is None else theta.detach(), y.detach())
         out_shape = self.prober.out_shape
         return y if len(out_shape) == 1 else y.reshape((batch,) + out_shape)
@@ -504,8 +519,6 @@ class BlackBox(nn.Module):
 
     def _observe(self, x: Tensor, theta: Tensor | None, y: Tensor) -> None:
         """Offer a forward batch to the estimator, as real rows for a complex device."""
-        if not self._observes:  # the base estimator ignores forward data: join no rows for it
-            return
         alpha, y = _as_real(join(x, theta)), _as_real(y)
         if torch.is_inference_mode_enabled():
             # Tensors made in inference mode can never join autograd later, and a learned
@@ -535,14 +548,16 @@ class BlackBox(nn.Module):
             grad_x, grad_theta = query.gradient(answer)
         except ValueError as err:
             raise RuntimeError(f"estimator {self.estimator!r} returned {err}") from None
-        if not all(g is None or all_finite(g) for g in (grad_x, grad_theta)):
+        if (grad_x is not None and not all_finite(grad_x)) or (grad_theta is not None and not all_finite(grad_theta)):
             raise FloatingPointError(
                 f"estimator {self.estimator!r} returned NaN or Inf gradients for black box {self.name!r}"
             )
         if complex_:
             grad_x = None if grad_x is None else torch.view_as_complex(grad_x.reshape(x.shape[0], -1, 2).contiguous())
             grad_theta = None if grad_theta is None else torch.view_as_complex(grad_theta.reshape(-1, 2).contiguous())
-        return (None if grad_x is None else grad_x.to(x.dtype)), grad_theta
+        if grad_x is not None and grad_x.dtype != x.dtype:
+            grad_x = grad_x.to(x.dtype)
+        return grad_x, grad_theta
 
 
 def _recorder(record: Any) -> Any:

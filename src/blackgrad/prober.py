@@ -172,6 +172,13 @@ class Prober:
             evaluation, so the budget is never exceeded.
         numpy: call ``fun`` with numpy arrays instead of tensors.
         name: how errors name the device.
+        copy_inputs: hand a torch device copies of its inputs (the default),
+            so that one that edits them in place cannot touch the model's
+            tensors.  False: the device promises not to; it gets the inputs
+            themselves (θ is still copied), and an edit is caught by the
+            tensor's version counter after the call and raised as
+            :class:`~blackgrad.errors.DeviceError`.  Numpy devices always get
+            copies (a numpy edit moves no version counter).
 
     ``recorder``: a :class:`~blackgrad.recording.Recorder` that every
     successful device call is written to before it returns (None: none).
@@ -190,6 +197,7 @@ class Prober:
         budget: int | None = None,
         numpy: bool = False,
         name: str | None = None,
+        copy_inputs: bool = True,
     ) -> None:
         if not callable(fun):
             raise TypeError(f"the black box must be callable, got {type(fun).__name__}")
@@ -208,6 +216,9 @@ class Prober:
         self.retry = retry if retry is not None else RetryPolicy()
         self.budget = budget
         self.numpy = numpy
+        if not isinstance(copy_inputs, bool):
+            raise TypeError(f"copy_inputs must be True or False, got {copy_inputs!r}")
+        self.copy_inputs = copy_inputs
         self.name = name or getattr(fun, "__name__", None) or type(fun).__name__
         self.ledger = Ledger()
         self._worker: _Worker | None = None  # runs the device calls when there is a timeout
@@ -216,10 +227,15 @@ class Prober:
         """Set the shape of one input sample (a :class:`~blackgrad.BlackBox` learns it from its first batch)."""
         self.in_shape = tuple(in_shape)
         self.n_x = math.prod(self.in_shape)
+        self._flat_inputs = len(self.in_shape) == 1  # rows (N, n) are already the device's shape
 
     # ------------------------------------------------------------------ public
     def forward(self, x: Tensor, theta: Tensor | None, differentiable: bool = False) -> Tensor:
         """Evaluate a forward batch ``x`` of shape ``(B, n)``; counted as ``forward``."""
+        batch, step = x.shape[0], self.max_batch
+        if batch and (step is None or batch <= step):  # one call: the common case, without building a request
+            self.check_budget(batch, "forward")
+            return self._call(x, theta, "forward", differentiable)
         return self._evaluate_groups([(x, theta)], kind="forward", differentiable=differentiable)[0]
 
     def evaluate(
@@ -375,6 +391,7 @@ class Prober:
                     delay *= 2
             # fresh copies at every attempt, outside the try: a conversion error is not a device failure
             args = self._device_arguments(x, theta)
+            version = None if self.copy_inputs or self.numpy else args[0]._version
             try:
                 raw = self._invoke(args)
             except DeviceTimeout as err:
@@ -397,6 +414,13 @@ class Prober:
             except BaseException:
                 self.ledger.failed += n  # outside the retry policy, but the samples were sent and paid for
                 raise
+            if version is not None and args[0]._version != version:
+                self.ledger.failed += n  # spent, and nothing of it can be trusted
+                raise DeviceError(
+                    f"black box {self.name!r} edited its input in place in a {kind} call of {n} samples, although "
+                    "it was given copy_inputs=False (the promise not to): the inputs are changed now. Leave "
+                    "copy_inputs at True for this device"
+                )
             try:
                 y = self._validate(raw, x, n, kind, differentiable)
             except DeviceOutputError as err:
@@ -426,13 +450,24 @@ class Prober:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _device_arguments(self, x: Tensor, theta: Tensor | None) -> tuple[Any, ...]:
-        batch = x.reshape((x.shape[0],) + self.in_shape)
+        batch = x if self._flat_inputs else x.reshape((x.shape[0],) + self.in_shape)
         args: tuple[Any, ...] = (batch,) if self.n_params == 0 else (batch, theta)
         # Copies: a device that edits its input in place must not touch the model's tensors
         # (θ, the activations upstream, the rows an estimator reuses).  A torch copy keeps the
         # autograd graph, for estimators that differentiate the device.
+        #
+        # Why the inputs' copy is not skipped on its own: the forward batch is the model's
+        # activation (or the user's data), the rows of a one-group probe are the estimator's,
+        # which it may read again after the call (Broyden does), and the rows the prober gathers
+        # for a group are written to the recording after the call.  A version counter sees an
+        # edit only after it happened, when the tensor is already changed; it cannot undo one.
+        # So the copy stays unless the device promises not to edit (copy_inputs=False), and the
+        # counter then holds it to that promise (see _call).  θ is copied always: p numbers,
+        # and the model's parameters themselves.
         if self.numpy:
             return tuple(np.array(a.detach().cpu().numpy(), copy=True) for a in args)
+        if not self.copy_inputs:
+            return (batch,) if theta is None else (batch, theta.clone())
         return tuple(a.clone() for a in args)
 
     def _invoke(self, args: tuple[Any, ...]) -> Any:
@@ -490,6 +525,17 @@ class Prober:
         return state
 
     def _validate(self, raw: Any, x: Tensor, n: int, kind: str, differentiable: bool) -> Tensor:
+        if (
+            type(raw) is Tensor
+            and raw.dtype == x.dtype
+            and raw.device == x.device
+            and raw.dim() == 2
+            and raw.shape[0] == n
+            and self.out_shape is not None
+            and len(self.out_shape) == 1
+            and raw.shape[1] == self.out_shape[0]
+        ):  # flat rows in the caller's dtype, shaped as before: the checks below would change nothing
+            return raw if differentiable else raw.detach()
         if isinstance(raw, Tensor):
             y = raw
         else:
