@@ -167,3 +167,15 @@ def test_exact_called_with_a_prober_differentiates_x_and_theta_as_the_device_tak
     with_theta(xr, tr).backward(g)
     assert torch.allclose(grad_x, xr.grad) and torch.allclose(grad_theta, tr.grad)
     assert prober.ledger.probe == Exact().probe_cost(16, 3, 5) == 5
+
+
+def test_estimators_and_devices_follow_one_rule_for_seeds():
+    from blackgrad.devices import Noisy, Linear
+
+    for make in (lambda seed: SPSA(seed=seed).generator, lambda seed: Noisy(Linear(3, 2), seed=seed).generator):
+        assert torch.equal(torch.rand(3, generator=make(7)), torch.rand(3, generator=make(7)))
+        fresh = make(None)  # None: a fresh random stream, for either
+        assert isinstance(fresh, torch.Generator)
+        for bad in (True, 1.5, "7"):
+            with pytest.raises(TypeError, match="seed must be an int or None"):
+                make(bad)

@@ -33,6 +33,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from .._random import make_generator as _make_generator  # one rule for seeds, the estimators' too
 from ..errors import InputShapeError
 
 #: dtypes the physics is computed in; others (half, bfloat16) are computed in
@@ -57,17 +58,6 @@ def power_of(field: Tensor) -> Tensor:
     faster than ``abs().square()`` or a sum over ``view_as_real``.
     """
     return (field * field.conj()).real
-
-
-def _make_generator(seed: int) -> torch.Generator:
-    """A CPU generator seeded with ``seed``.
-
-    Devices draw their random numbers on the CPU and move them to x's device,
-    so a seed gives the same stream (and the same outputs) on CPU and CUDA.
-    """
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {seed!r}")
-    return torch.Generator().manual_seed(seed)
 
 
 def bin_matrix(n_fine: int, n_coarse: int) -> Tensor:

@@ -56,6 +56,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 import torch
 from torch import Tensor
 
+from .._random import make_generator as _make_generator  # one rule for seeds, devices' too
+
 if TYPE_CHECKING:
     from ..calibration import DeviceProfile
 
@@ -403,10 +405,12 @@ class VJPQuery:
         ``grad`` is ``grad_α`` ``(B, d)`` (θ's columns summed over the
         batch here) or a :class:`VJP` of the two parts.
         """
-        batch, n, p = self.batch, self.n, self.p
+        batch, n, p = self._x.shape[0], self.n, self.p
         need_x, need_theta = self.need_x, self.need_theta
-        if isinstance(grad, VJP):
+        if type(grad) is VJP or isinstance(grad, VJP):
             grad_x, grad_theta = grad
+            if grad_theta is None and not need_theta and type(grad_x) is Tensor and grad_x.shape == self._x.shape:
+                return (grad_x if need_x else None), None  # the inputs' part alone, as it is
             for part, value, shape in (("x", grad_x, (batch, n)), ("theta", grad_theta, (p,))):
                 if value is not None and (not isinstance(value, Tensor) or tuple(value.shape) != shape):
                     got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
@@ -556,12 +560,3 @@ def _taken(taken: Tensor, directions: Tensor, step: float, points: Tensor) -> Te
         )
     return length.clamp(min=torch.finfo(norm.dtype).tiny).unsqueeze(1)
 
-
-def _make_generator(seed: int | None) -> torch.Generator:
-    """A CPU generator seeded with ``seed`` (a fresh random seed when None)."""
-    generator = torch.Generator()
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(int(seed))
-    return generator
