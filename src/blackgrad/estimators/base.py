@@ -526,10 +526,9 @@ def _directional_slopes(
     Returns ``(N, m)``.
     """
     plus = points + step * directions
-    moved = [plus - points]
     if y is None:
         minus = points - step * directions
-        moved.append(points - minus)
+        taken = _steps_taken(points, plus, minus)
         rows = torch.cat([plus, minus])
         if query is None:
             f_both = prober(rows)
@@ -539,8 +538,22 @@ def _directional_slopes(
         f_plus, f_minus = f_both.reshape(2, points.shape[0], -1)
         difference = f_plus - f_minus
     else:
+        taken = _steps_taken(points, plus)
         difference = (prober(plus) if query is None else query.evaluate(prober, plus, group)) - y
-    return difference / _taken(sum(moved), directions, step, points)
+    return difference / _taken(taken, directions, step, points)
+
+
+def _steps_taken(points: Tensor, plus: Tensor, minus: Tensor | None = None) -> Tensor:
+    """The displacement really taken between a difference's two evaluations, after rounding.
+
+    ``plus − points`` for a one-sided difference (the other end is the point
+    itself), ``(plus − points) + (points − minus)`` for a central one: in
+    floating point ``points + h`` is not ``h`` away from ``points``, and a
+    difference divided by the step asked for instead of the one taken is off
+    by the rounding.  Any shapes that broadcast.
+    """
+    taken = plus - points
+    return taken if minus is None else taken + (points - minus)
 
 
 def _taken(taken: Tensor, directions: Tensor, step: float, points: Tensor) -> Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Estimator, ProberLike, VJPQuery, check_positive, _make_generator
+from .base import Estimator, ProberLike, VJPQuery, _make_generator, _steps_taken, check_positive
 from .fidelity import Fidelity, FidelityMonitor
 
 #: Broyden's gate opens at 0.8 and closes below 0.6: stricter than the learned
@@ -107,7 +107,7 @@ class Broyden(Estimator):
             dx = h * query.directions(self.probes, self.generator)  # (P, B, d)
             probes = (alpha + dx).reshape(-1, query.dim)
             df = query.evaluate(prober, probes, query.direction_groups(self.probes)).reshape(self.probes, query.batch, -1) - query.y
-            dx = (probes - alpha.repeat(self.probes, 1))  # the steps really taken
+            dx = _steps_taken(alpha.repeat(self.probes, 1), probes)
             df = df.reshape(-1, df.shape[-1])
             g = query.grad_out.repeat(self.probes, 1)
             g = g / g.norm(dim=1, keepdim=True).clamp(min=1e-30)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Estimator, ProberLike, VJPQuery, _check_option, check_positive
+from .base import Estimator, ProberLike, VJPQuery, _check_option, _steps_taken, check_positive
 
 
 class FiniteDifference(Estimator):
@@ -51,8 +51,8 @@ class FiniteDifference(Estimator):
             h = base * alpha[:, index].abs().clamp(min=1.0).T  # (k, B)
         plus = alpha.expand(k, batch, -1).clone()
         plus[rows, :, index] += h
-        # The steps really taken, after rounding.
-        taken = plus[rows, :, index] - alpha[:, index].T
+        at = alpha[:, index].T  # (k, B): each moved coordinate where it was
+        taken = _steps_taken(at, plus[rows, :, index])
         # the θ group of each probe row: a θ coordinate's probes share a θ of their own, 0 is the query's
         moves_theta = index >= query.n
         group = None
@@ -61,7 +61,7 @@ class FiniteDifference(Estimator):
         if central:
             minus = alpha.expand(k, batch, -1).clone()
             minus[rows, :, index] -= h
-            taken = taken + (alpha[:, index].T - minus[rows, :, index])
+            taken = _steps_taken(at, plus[rows, :, index], minus[rows, :, index])
             # One request for the whole backward pass: it is packed into as few
             # device calls as possible and either fits the budget or spends nothing.
             both = None if group is None else torch.cat([group, torch.where(group > 0, group + k, 0)])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Estimator, ProberLike, VJPQuery, _check_option, check_positive, _make_generator
+from .base import Estimator, ProberLike, VJPQuery, _check_option, _make_generator, _steps_taken, check_positive
 
 
 class LeastSquares(Estimator):
@@ -94,11 +94,11 @@ class LeastSquares(Estimator):
             group = torch.arange(n_probes, device=alpha.device).repeat_interleave(batch) if shared else None
             plus = alpha.expand(n_probes, batch, -1).clone()
             plus[:, :, index] += frame
-            dx = plus[:, :, index] - alpha[:, index]  # the steps really taken, (P, B, k)
+            dx = _steps_taken(alpha[:, index], plus[:, :, index])  # (P, B, k)
             if central:
                 minus = alpha.expand(n_probes, batch, -1).clone()
                 minus[:, :, index] -= frame
-                dx = (dx + alpha[:, index] - minus[:, :, index]) / 2
+                dx = _steps_taken(alpha[:, index], plus[:, :, index], minus[:, :, index]) / 2
                 rows = torch.cat([plus, minus]).reshape(2 * n_probes * batch, -1)  # one request
                 both = None if group is None else torch.arange(2 * n_probes, device=rows.device).repeat_interleave(batch)
                 f_plus, f_minus = query.evaluate(prober, rows, both).reshape(2, n_probes, batch, -1)
