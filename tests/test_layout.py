@@ -179,3 +179,33 @@ def test_estimators_and_devices_follow_one_rule_for_seeds():
         for bad in (True, 1.5, "7"):
             with pytest.raises(TypeError, match="seed must be an int or None"):
                 make(bad)
+
+
+def test_a_differentiable_box_is_what_exact_gives_and_takes_no_estimator():
+    from blackgrad.estimators import Exact
+
+    theta = W.reshape(-1).clone()
+    x = torch.randn(5, 4, dtype=torch.float64)
+    g = torch.randn(5, 3, dtype=torch.float64)
+    grads = []
+    for box in (
+        bg.BlackBox(with_theta, params=theta.clone(), differentiable=True),
+        bg.BlackBox(with_theta, Exact(), params=theta.clone()),
+    ):
+        assert box.differentiable and isinstance(box.estimator, Exact)
+        xi = x.clone().requires_grad_(True)
+        box(xi).backward(g)
+        grads.append((xi.grad, box.params.grad))
+        assert (box.calls.forward, box.calls.probe) == (5, 0)
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+    assert not bg.BlackBox(with_theta, SPSA(), params=theta.clone()).differentiable
+    # second derivatives through a differentiable box are torch's own
+    box = bg.BlackBox(torch.sin, differentiable=True)
+    xi = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    (first,) = torch.autograd.grad(box(xi).sum(), xi, create_graph=True)
+    (second,) = torch.autograd.grad(first.sum(), xi)
+    assert torch.allclose(second, -torch.sin(xi.detach()))
+    with pytest.raises(ValueError, match="differentiable=True has torch differentiate the device itself"):
+        bg.BlackBox(torch.sin, SPSA(), differentiable=True)
+    with pytest.raises(TypeError, match="differentiable must be True or False"):
+        bg.BlackBox(torch.sin, differentiable=1)

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from .calibration import DeviceProfile, calibrate as measure_profile, calibration_cost
 from .errors import InputShapeError
 from .estimators.base import Estimator, VJPQuery, join
-from .estimators.exact import require_graph
+from .estimators.exact import Exact, require_graph
 from .estimators.learned import LearnedEstimator
 from .estimators.learned_jacobian import LearnedJacobian
 from .function import first_order_only
@@ -195,6 +195,13 @@ class BlackBox(nn.Module):
             abandoned, and whatever it returns later is discarded and never
             counted (see :class:`RetryPolicy`).
         numpy: call ``fun`` with numpy arrays instead of tensors.
+        differentiable: ``True``: the device is differentiable torch code, and
+            torch differentiates it: the forward call keeps its autograd
+            graph, the backward pass is exact backprop through it (no probe
+            evaluations; second derivatives too), and no estimator is used
+            (give none).  ``BlackBox(fun, Exact())`` is the same box: the
+            reference the estimators are measured against; ``box.differentiable``
+            says which kind a box is.
         copy_inputs: ``True`` (default): a torch device is handed copies of
             its inputs, so that one that edits them in place cannot change
             the model's activations, parameters or an estimator's probes.
@@ -261,6 +268,7 @@ class BlackBox(nn.Module):
         timeout: float | None = None,
         numpy: bool = False,
         copy_inputs: bool = True,
+        differentiable: bool = False,
         name: str | None = None,
         calibrate: bool | DeviceProfile = True,
         record: Any = None,
@@ -270,7 +278,15 @@ class BlackBox(nn.Module):
             raise TypeError(f"calibrate must be True, False or a DeviceProfile, got {calibrate!r}")
         if not callable(fun):
             raise TypeError(f"BlackBox needs a callable device, got {type(fun).__name__}")
-        estimator = default_estimator() if estimator is None else estimator
+        if not isinstance(differentiable, bool):
+            raise TypeError(f"differentiable must be True or False, got {differentiable!r}")
+        if differentiable and estimator is not None and not estimator.differentiates_device:
+            raise ValueError(
+                f"differentiable=True has torch differentiate the device itself, so it takes no estimator; "
+                f"got {estimator!r} (leave estimator out, or give differentiable=False to estimate)"
+            )
+        if estimator is None:
+            estimator = Exact() if differentiable else default_estimator()
         if not isinstance(estimator, Estimator):
             raise TypeError(
                 f"estimator must be a blackgrad.estimators.Estimator instance such as FiniteDifference() "
@@ -280,6 +296,8 @@ class BlackBox(nn.Module):
         # must not be trained by the user's optimiser on the task loss (nor moved by
         # ``.to()``: a learned model lives on the device of the data it first sees).
         self.estimator = estimator
+        # The device's own graph is the backward (Exact() says the same): kept by the forward call.
+        self.differentiable = bool(estimator.differentiates_device)
         if params is not None:
             if not isinstance(params, Tensor):
                 raise TypeError(f"params must be a tensor, got {type(params).__name__}")
@@ -400,7 +418,7 @@ class BlackBox(nn.Module):
         # the probes its backward pass will ask for (a backward refused half-way through a
         # step would leave the layers after the box with gradients, those before without).
         backward = 0
-        if wants_gradient and self.prober.budget is not None and not self.estimator.differentiates_device:
+        if wants_gradient and self.prober.budget is not None and not self.differentiable:
             need_theta = theta is not None and theta.requires_grad
             backward = self._backward_cost(batch, flat.requires_grad, need_theta, complex_)
         if calibrating:
@@ -408,7 +426,7 @@ class BlackBox(nn.Module):
             self.prober.check_budget(cost, "calibration", after=batch + backward, after_what="the step it belongs to")
             self.calibrate(x)
         self.prober.check_budget(batch, "forward", after=backward, after_what="its backward pass")
-        if self.estimator.differentiates_device:
+        if self.differentiable:
             y = self.prober.forward(flat, theta, differentiable=True)
             if batch == 0:  # nothing was evaluated, so nothing carries a graph: zero gradients, as elsewhere
                 y = y + 0 * (flat.sum() + (0 if theta is None else theta.sum()))

@@ -431,8 +431,9 @@ class Estimator(abc.ABC):
     """Base of all gradient estimators; the contract is the module docstring."""
 
     #: True for estimators that backpropagate through the device itself
-    #: (:class:`~blackgrad.estimators.Exact`): :class:`~blackgrad.BlackBox`
-    #: then keeps the autograd graph of the forward call instead of probing.
+    #: (:class:`~blackgrad.estimators.Exact`): a :class:`~blackgrad.BlackBox`
+    #: given one is a differentiable box (``differentiable=True``), which keeps
+    #: the autograd graph of the forward call instead of probing.
     differentiates_device: bool = False
     #: whether it can estimate gradients for complex inputs.  A :class:`~blackgrad.BlackBox`
     #: hands an estimator a complex device as a real one (each number as its real and

@@ -12,9 +12,12 @@ class Exact(Estimator):
     """Backpropagation through ``fun`` itself, when it is differentiable torch code.
 
     The limit the other estimators are measured against: a real physical
-    device would not allow it.  Inside :class:`~blackgrad.BlackBox` the forward
-    call keeps its autograd graph, so the backward pass costs **no** probe
-    evaluations (one evaluation per training sample in all).  Called directly,
+    device would not allow it.  ``BlackBox(fun, Exact())`` is
+    ``BlackBox(fun, differentiable=True)``: the forward call keeps its
+    autograd graph and torch differentiates it, so the backward pass costs
+    **no** probe evaluations (one evaluation per training sample in all)
+    and second derivatives are exact too; this ``vjp`` is not called there,
+    as torch's own backward is the exact one.  Called directly,
     :meth:`vjp` re-evaluates the device with autograd on: ``B`` probe
     evaluations per batch of ``B``, whatever ``n`` and ``m``.
 
