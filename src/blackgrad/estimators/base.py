@@ -339,6 +339,15 @@ class VJPQuery:
     def active_index(self) -> Tensor:
         return torch.nonzero(self.active).squeeze(1)
 
+    def by_column(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The opening of an estimator that works column by column: ``(α, a zero gradient, the active columns)``.
+
+        The gradient ``(B, d)`` is filled in at the active columns and
+        returned as it is (its other columns stay zero).
+        """
+        alpha = self.alpha
+        return alpha, torch.zeros_like(alpha), self.active_index()
+
     # ------------------------------------------------------ probes and answers
     def direction_groups(self, count: int) -> Tensor | None:
         """The θ group of each probe row laid out ``(count, B)`` along :meth:`directions`' draws.

@@ -29,8 +29,7 @@ class ComplexStep(Estimator):
         self.step = step
 
     def vjp(self, prober: ProberLike, query: VJPQuery) -> Tensor:
-        alpha, grad = query.alpha, torch.zeros_like(query.alpha)
-        index = query.active_index()
+        alpha, grad, index = query.by_column()
         k, batch = index.numel(), query.batch
         if k == 0:
             return grad
