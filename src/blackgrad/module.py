@@ -212,7 +212,9 @@ class BlackBox(nn.Module):
             parameters stay out of its reach whatever it does; a broken
             promise is caught after the call by the tensor's version counter
             and raised as :class:`~blackgrad.errors.DeviceError` (the inputs
-            are changed by then).  Numpy devices always get copies.
+            are changed by then).  A device that returns its input as it is
+            (an identity) then returns the model's own tensor: its output
+            shares memory with the batch.  Numpy devices always get copies.
         name: how errors and reports name the device.
         calibrate: ``True`` (default): on the first training batch that needs
             a gradient, measure the device (:func:`~blackgrad.calibrate`, a
