@@ -35,6 +35,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from .estimators.base import evaluate_grouped, join
+
 #: steps tried, as multiples of the input scale: 2**-12 … 1
 STEP_GRID = tuple(2.0**k for k in range(-12, 1))
 
@@ -159,10 +161,12 @@ def calibrate(
         flat = x.detach().reshape(x.shape[0], -1)
         n_params = 0 if theta is None else theta.numel()
         prober = Prober(fun, tuple(x.shape[1:]), n_params=n_params, numpy=numpy, name=getattr(fun, "name", None))
-    alpha = flat if theta is None else torch.cat([flat, theta.detach().reshape(1, -1).to(flat).expand(flat.shape[0], -1)], 1)
+    theta = None if theta is None else theta.detach().reshape(-1).to(flat)
+    alpha = join(flat, theta)
 
-    def evaluate(rows: Tensor) -> Tensor:
-        return prober(rows, kind="calibration")
+    def evaluate(rows: Tensor, group: Tensor | None = None) -> Tensor:
+        # the rows' θ groups are known where they are drawn: the prober need not find them
+        return evaluate_grouped(prober.evaluate, rows, prober.n_x, theta, group, kind="calibration")
 
     base = alpha[: min(points, alpha.shape[0])]
     count, d = base.shape
@@ -179,13 +183,14 @@ def calibrate(
     signs = torch.randint(0, 2, (directions, count, d), generator=generator).mul_(2).sub_(1).to(alpha)
     signs[:, :, prober.n_x :] = signs[:, :1, prober.n_x :].clone()  # θ moves alike for all points: one call per direction
     starts = base.expand(directions, count, d).reshape(-1, d)
+    group = None if theta is None else torch.arange(directions, device=alpha.device).repeat_interleave(count)
     signs = signs.reshape(-1, d)
     steps = [input_scale * fraction for fraction in STEP_GRID]
     slopes, rises, scanned = [], [], [repeated.reshape(-1, mean.shape[1])]
     for h in steps:
         moved = starts + h * signs
         taken = ((moved - starts) * signs).sum(1, keepdim=True) / d  # the step really taken, after rounding
-        y = evaluate(moved)
+        y = evaluate(moved, group)
         scanned.append(y)
         difference = y - mean.repeat(directions, 1)
         rises.append(difference.pow(2).mean(1).sqrt())

@@ -195,6 +195,41 @@ def join(x: Tensor, theta: Tensor | None) -> Tensor:
     return torch.cat([x, theta.expand(x.shape[0], -1)], dim=1)
 
 
+def evaluate_grouped(
+    evaluate: Any,
+    rows: Tensor,
+    n: int,
+    theta: Tensor | None,
+    group: Tensor | None = None,
+    kind: str = "probe",
+    differentiable: bool = False,
+) -> Tensor:
+    """Rows ``α`` ``(N, n + p)`` evaluated through a grouped prober's ``evaluate``, by their θ group.
+
+    ``group`` ``(N,)``: rows with the same value share their θ (whoever drew
+    the rows knows this); None: every row is at ``theta``.  The inputs go
+    as they are and one θ per group: nothing is compared row by row.  Groups
+    whose θ coincide are merged into one device call, and the calls are made
+    in θ's lexicographic order — the order in which the prober grouped whole
+    rows by their θ before, so that a noisy device draws what it drew then.
+    """
+    x = rows if theta is None else rows[:, :n]
+    if theta is None or group is None:
+        return evaluate(x, theta, kind=kind, differentiable=differentiable)
+    ids, group = torch.unique(group, return_inverse=True)
+    first = torch.full((ids.shape[0],), rows.shape[0], dtype=torch.long, device=rows.device)
+    first.scatter_reduce_(0, group, torch.arange(rows.shape[0], device=rows.device), "amin")
+    table = rows[first, n:]
+    keys = torch.view_as_real(table).flatten(1) if table.is_complex() else table
+    distinct, merged = torch.unique(keys.detach(), dim=0, return_inverse=True)
+    if distinct.shape[0] == 1:
+        return evaluate(x, table[0], kind=kind, differentiable=differentiable)
+    # one θ per merged group, in sorted order: that of the first of its members
+    keep = torch.full((distinct.shape[0],), table.shape[0], dtype=torch.long, device=rows.device)
+    keep.scatter_reduce_(0, merged, torch.arange(table.shape[0], device=rows.device), "amin")
+    return evaluate(x, table[keep], merged[group], kind=kind, differentiable=differentiable)
+
+
 class VJPQuery:
     """What the backward pass asks of an estimator, and the owner of the ``α = (x, θ)`` layout.
 
@@ -376,22 +411,7 @@ class VJPQuery:
         grouped = getattr(prober, "evaluate", None)
         if grouped is None:
             return prober(rows, differentiable=True) if differentiable else prober(rows)
-        n = self.n
-        x = rows if self.p == 0 else rows[:, :n]
-        if self.p == 0 or group is None:
-            return grouped(x, self._theta, differentiable=differentiable)
-        ids, group = torch.unique(group, return_inverse=True)
-        first = torch.full((ids.shape[0],), rows.shape[0], dtype=torch.long, device=rows.device)
-        first.scatter_reduce_(0, group, torch.arange(rows.shape[0], device=rows.device), "amin")
-        table = rows[first, n:]
-        keys = torch.view_as_real(table).flatten(1) if table.is_complex() else table
-        distinct, merged = torch.unique(keys.detach(), dim=0, return_inverse=True)
-        if distinct.shape[0] == 1:
-            return grouped(x, table[0], differentiable=differentiable)
-        # one θ per merged group, in sorted order: that of the first of its members
-        keep = torch.full((distinct.shape[0],), table.shape[0], dtype=torch.long, device=rows.device)
-        keep.scatter_reduce_(0, merged, torch.arange(table.shape[0], device=rows.device), "amin")
-        return grouped(x, table[keep], merged[group], differentiable=differentiable)
+        return evaluate_grouped(grouped, rows, self.n, self._theta, group, differentiable=differentiable)
 
     def rows(self, grad: "Tensor | VJP") -> Tensor:
         """An answer as ``grad_α`` rows ``(B, d)``: a :class:`VJP`'s θ part spread evenly over the rows.
