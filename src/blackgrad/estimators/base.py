@@ -210,8 +210,9 @@ def evaluate_grouped(
     the rows knows this); None: every row is at ``theta``.  The inputs go
     as they are and one θ per group: nothing is compared row by row.  Groups
     whose θ coincide are merged into one device call, and the calls are made
-    in θ's lexicographic order — the order in which the prober grouped whole
-    rows by their θ before, so that a noisy device draws what it drew then.
+    in θ's lexicographic order — the order whole rows get from
+    :meth:`~blackgrad.Prober.__call__`, so that both doors make the same
+    calls and a noisy device draws the same noise through either.
     """
     x = rows if theta is None else rows[:, :n]
     if theta is None or group is None:
@@ -401,12 +402,9 @@ class VJPQuery:
         ``group`` ``(N,)``: rows with the same value share their θ (the
         estimator knows this when it draws them: a shared direction moves θ
         alike for the whole batch); None: every row is at the query's own θ.
-        A :class:`GroupedProber` then gets the inputs as they are and one θ
-        per group: nothing is split or regrouped row by row.  Groups whose θ
-        coincide are merged into one device call, and the calls are made in
-        θ's lexicographic order — the order in which the prober grouped rows
-        by their θ before, so that a noisy device draws what it drew then.
-        Any other prober (a function of rows) is called with the rows.
+        A :class:`GroupedProber` gets the inputs and one θ per group
+        (:func:`evaluate_grouped`); any other prober (a function of rows) is
+        called with the rows.
         """
         grouped = getattr(prober, "evaluate", None)
         if grouped is None:
