@@ -107,7 +107,7 @@ def _backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, Tensor | None, N
         f"a second derivative through black box {box.name!r} was asked for (a gradient computed with "
         f"create_graph=True was differentiated again), but its estimator {type(box.estimator).__name__} "
         "gives first-order gradients only: an estimated vector-Jacobian product has no derivative to give. "
-        "Use the Exact() estimator if the device is differentiable torch code, or compute the first "
+        "Use the Exact() estimator (BlackBox(..., differentiable=True)) if the device is differentiable torch code, or compute the first "
         "gradient with create_graph=False"
     )
     sources = (x, theta, grad_y)
