@@ -33,6 +33,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from .._dtypes import complex_dtype  # the estimators' rule too
 from .._random import make_generator as _make_generator  # one rule for seeds, the estimators' too
 from ..errors import InputShapeError
 
@@ -44,11 +45,6 @@ WORKING_DTYPES = (torch.float32, torch.float64)
 def working_dtype(dtype: torch.dtype) -> torch.dtype:
     """The real dtype a device computes in for inputs of ``dtype``."""
     return dtype if dtype in WORKING_DTYPES else torch.float32
-
-
-def complex_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The complex dtype matching the real working dtype ``dtype``."""
-    return torch.complex128 if dtype == torch.float64 else torch.complex64
 
 
 def power_of(field: Tensor) -> Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._dtypes import complex_dtype
 from ..errors import DeviceOutputError
 from .base import Estimator, ProberLike, VJPQuery, check_positive
 
@@ -33,8 +34,7 @@ class ComplexStep(Estimator):
         k, batch = index.numel(), query.batch
         if k == 0:
             return grad
-        complex_dtype = torch.complex128 if alpha.dtype == torch.float64 else torch.complex64
-        probes = alpha.to(complex_dtype).expand(k, batch, -1).clone()
+        probes = alpha.to(complex_dtype(alpha.dtype)).expand(k, batch, -1).clone()
         probes[torch.arange(k, device=alpha.device), :, index] += 1j * self.step
         moves_theta = index >= query.n  # a θ coordinate's probes share a θ of their own; 0 is the query's
         group = torch.where(moves_theta, torch.arange(1, k + 1, device=alpha.device), 0).repeat_interleave(batch)
