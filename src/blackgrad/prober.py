@@ -433,7 +433,7 @@ class Prober:
             except BaseException:
                 self.ledger.failed += n
                 raise
-            if not all_finite(y.detach()):
+            if not all_finite(y if not y.requires_grad else y.detach()):
                 self.ledger.failed += n
                 bad = (~torch.isfinite(y.detach())).reshape(n, -1).any(1).nonzero().squeeze(1)
                 message = (
