@@ -209,3 +209,26 @@ def test_a_differentiable_box_is_what_exact_gives_and_takes_no_estimator():
         bg.BlackBox(torch.sin, SPSA(), differentiable=True)
     with pytest.raises(TypeError, match="differentiable must be True or False"):
         bg.BlackBox(torch.sin, differentiable=1)
+
+
+def test_grouped_probes_go_one_call_per_theta_in_theta_order_and_no_rows_make_no_call():
+    from blackgrad.estimators.base import evaluate_grouped
+
+    calls = []
+
+    def device(x, theta):
+        calls.append(theta.clone())
+        return x[:, :3] * theta[0]
+
+    prober = Prober(device, (4,), n_params=2)
+    x = torch.randn(6, 4, dtype=torch.float64)
+    thetas = torch.tensor([[2.0, 0.0], [1.0, 0.0], [2.0, 0.0]], dtype=torch.float64)
+    group = torch.tensor([0, 1, 2, 0, 1, 2])
+    rows = torch.cat([x, thetas[group]], 1)
+    y = evaluate_grouped(prober.evaluate, rows, 4, thetas[0], group)
+    # groups 0 and 2 share their θ: one call for them, and the calls go in θ's order
+    assert [c.tolist() for c in calls] == [[1.0, 0.0], [2.0, 0.0]]
+    assert torch.equal(y, x[:, :3] * thetas[group, :1]) and prober.ledger.probe == 6
+    assert torch.equal(prober(rows), y) and [c.tolist() for c in calls[2:]] == [[1.0, 0.0], [2.0, 0.0]]  # whole rows alike
+    empty = evaluate_grouped(prober.evaluate, rows[:0], 4, thetas[0], group[:0])
+    assert empty.shape == (0, 3) and len(calls) == 4

@@ -215,7 +215,7 @@ def evaluate_grouped(
     calls and a noisy device draws the same noise through either.
     """
     x = rows if theta is None else rows[:, :n]
-    if theta is None or group is None:
+    if theta is None or group is None or rows.shape[0] == 0:  # one θ (no rows: no call at all)
         return evaluate(x, theta, kind=kind, differentiable=differentiable)
     ids, group = torch.unique(group, return_inverse=True)
     first = torch.full((ids.shape[0],), rows.shape[0], dtype=torch.long, device=rows.device)
