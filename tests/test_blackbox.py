@@ -310,3 +310,16 @@ def test_half_precision_is_refused_for_estimators_that_difference_or_learn():
     surrogate = bg.BlackBox(torch.sin, StraightThrough())  # no differences, no model: half precision is fine
     surrogate(x).sum().backward()
     assert x.grad.dtype == torch.float16
+
+
+def test_default_estimator_is_seeded_from_torch_global_generator():
+    """Two boxes of one model get streams of their own; a model built again under manual_seed repeats."""
+    from blackgrad.estimators import LearnedJacobian
+
+    torch.manual_seed(0)
+    first, second = bg.BlackBox(torch.tanh, calibrate=False), bg.BlackBox(torch.tanh, calibrate=False)
+    torch.manual_seed(0)
+    again = bg.BlackBox(torch.tanh, calibrate=False)
+    assert isinstance(first.estimator, LearnedJacobian)
+    assert first.estimator.generator.initial_seed() != second.estimator.generator.initial_seed()
+    assert first.estimator.generator.initial_seed() == again.estimator.generator.initial_seed()

@@ -20,8 +20,13 @@ from .function import first_order_only
 from .prober import Ledger, Prober, RetryPolicy, all_finite
 
 
-def default_estimator() -> Estimator:
-    """The estimator a :class:`BlackBox` uses when given none: ``LearnedJacobian()``.
+def default_estimator(seed: int | None = 0) -> Estimator:
+    """The estimator a :class:`BlackBox` uses when given none: ``LearnedJacobian(seed=seed)``.
+
+    A box built without an estimator passes a seed drawn from torch's global
+    generator, as ``nn.Linear`` draws its initial weights: a run repeats under
+    ``torch.manual_seed``, and two boxes of one model probe along directions
+    of their own instead of the same ones.
 
     With its defaults that is a :class:`~blackgrad.estimators.DigitalTwin`
     fitted to every forward batch (free) and one probe slope per sample (one
@@ -34,7 +39,7 @@ def default_estimator() -> Estimator:
     highest on average and at worst; the twin alone ranged 0.763–0.995
     (BENCHMARKS.md).
     """
-    return LearnedJacobian()
+    return LearnedJacobian(seed=seed)
 
 
 class _BlackBoxFunction(torch.autograd.Function):
@@ -161,7 +166,8 @@ class BlackBox(nn.Module):
         estimator: the :class:`~blackgrad.estimators.Estimator` supplying the
             backward pass (default :func:`default_estimator`: a learned
             Jacobian on top of an online digital twin, fitted to the forward
-            values and one probe slope per sample).
+            values and one probe slope per sample, seeded from torch's global
+            generator so that each box has a random stream of its own).
         params: initial device parameters θ (e.g. a phase mask), flattened to
             ``(p,)`` and trained like any ``nn.Parameter``; their gradient is
             summed over the batch.  ``None``: the device has no trainable knobs.
@@ -288,7 +294,7 @@ class BlackBox(nn.Module):
                 f"got {estimator!r} (leave estimator out, or give differentiable=False to estimate)"
             )
         if estimator is None:
-            estimator = Exact() if differentiable else default_estimator()
+            estimator = Exact() if differentiable else default_estimator(seed=int(torch.randint(0, 2**31 - 1, (1,))))
         if not isinstance(estimator, Estimator):
             raise TypeError(
                 f"estimator must be a blackgrad.estimators.Estimator instance such as FiniteDifference() "

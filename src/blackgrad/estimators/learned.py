@@ -21,7 +21,9 @@ The lifecycle of a :class:`LearnedEstimator`, one backward pass at a time:
 4. the VJP comes from the model, at no further device cost, through the
    fidelity gate: while the model's fidelity is low it passes nothing
    upstream, so that an untrained model cannot wreck the layers before it
-   (:class:`~blackgrad.estimators.fidelity.FidelityMonitor`).
+   (:class:`~blackgrad.estimators.fidelity.FidelityMonitor`); an estimator
+   with a prior passes the prior's VJP alone on a part where the prior
+   scores higher (:meth:`~LearnedEstimator.upstream`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Estimator, ProberLike, VJPQuery, _check_option, check_positive, _directional_slopes, _make_generator
-from .fidelity import DEFAULT_GATE, Fidelity, FidelityMonitor
+from .fidelity import DEFAULT_GATE, PARTS, Fidelity, FidelityMonitor
 
 TRAINING_LOSSES = ("mse", "cosine", "mse+cosine")
 
@@ -275,13 +277,50 @@ class LearnedEstimator(Estimator):
         if self.probe_cost(query.n_active, query.y.shape[1], query.batch) > 0:
             self.record(*self.probe(prober, query))
         self.update()
-        with torch.no_grad():
-            grad = self.predict_vjp(query.alpha, query.grad_out)
-        return self.gated(grad, query.shared)
+        return self.upstream(query.alpha, query.grad_out, query.shared)
 
     def gated(self, grad: Tensor, shared: Tensor) -> Tensor:
-        """What this estimator passes upstream for its model's VJP ``grad``: each part through its gate."""
+        """The model's VJP ``grad`` with each part through its gate (the prior not consulted)."""
         return grad if self._unscored else self.monitor.apply(grad, shared)
+
+    def upstream(self, alpha: Tensor, grad_out: Tensor, shared: Tensor, grad: Tensor | None = None) -> Tensor:
+        """What this estimator passes upstream at ``alpha`` for ``grad_out``: ``(B, d)``.
+
+        Each part (inputs, θ) passes the model's VJP (``grad``, if already
+        computed) through its gate — or, with a prior that scores higher
+        than the whole estimate on that part's rows, the prior's VJP alone
+        through the prior's own gate.  Both were scored on the same probe
+        rows before either trained on them, so the choice is a held-out
+        one: where the measured slopes are mostly noise, a correction
+        trained on what the prior leaves unexplained can fit that noise,
+        and the prior alone is the better gradient.
+        """
+        if grad is None:
+            with torch.no_grad():
+                grad = self.predict_vjp(alpha, grad_out)
+        if self._unscored:
+            return grad
+        prefer = self._prior_parts()
+        if not any(prefer):
+            return self.monitor.apply(grad, shared)
+        with torch.no_grad():
+            prior = self.prior.predict_vjp(alpha, grad_out)
+        shared = shared.to(grad.device)
+        inputs, params = (
+            prior * self.prior.monitor.factor(part) if use_prior else grad * self.monitor.factor(part)
+            for part, use_prior in zip(PARTS, prefer)
+        )
+        return torch.where(shared, params, inputs)
+
+    def _prior_parts(self) -> tuple[bool, bool]:
+        """For (inputs, θ): whether the prior alone scores higher on held-out rows than the whole estimate."""
+        if self.prior is None:
+            return (False, False)
+        prefer = []
+        for part in PARTS:
+            own, prior = self.monitor.part(part), self.prior.monitor.part(part)
+            prefer.append(own is not None and prior is not None and prior.cosine > own.cosine)
+        return tuple(prefer)
 
     @property
     def needs_profile(self) -> bool:
@@ -556,8 +595,10 @@ def resolve_prior(prior: Any, estimator: LearnedEstimator, hidden: tuple[int, ..
     """``prior="twin"``: a :class:`~blackgrad.estimators.DigitalTwin` sharing ``estimator``'s options.
 
     The twin fits the forward values (free) and the estimator's own probe
-    slopes; it spends no probes of its own and is never gated on its own
-    (the estimator it serves is).
+    slopes; it spends no probes of its own.  It keeps the estimator's gate
+    for its own VJP, which the estimator passes instead of the whole
+    estimate on a part where the twin alone scores higher
+    (:meth:`LearnedEstimator.upstream`).
     """
     from .digital_twin import DigitalTwin
 
@@ -580,7 +621,8 @@ def resolve_prior(prior: Any, estimator: LearnedEstimator, hidden: tuple[int, ..
         batch_size=estimator.batch_size,
         buffer=estimator.buffer.capacity,
         embedding=copy.deepcopy(estimator.embedding),
-        gate=None,
+        gate=estimator.monitor.gate,
+        gate_rows=estimator.monitor.gate_rows,
         seed=seed,
     )
 
