@@ -13,7 +13,9 @@ batch, the speedup of the large pool over the one-worker pool of its kind
 the device throughput benchmark does, since other processes only ever slow
 a call down), and the overhead: the fastest time beyond the device's own
 for the largest share.  The plain device called directly is the reference
-row.  Every pool's output is checked equal to the
+row; with Ray, bare actors holding the device, called directly with equal
+shares and gathered with one ``ray.get``, give the floor of what Ray itself
+costs for the same requests.  Every pool's output is checked equal to the
 plain device's.
 
     python benchmarks/pool_speedup.py [--workers 8] [--batch 64] [--repeats 20] [--no-ray]
@@ -29,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 try:
@@ -41,6 +44,8 @@ except ImportError:  # running from a checkout without `pip install -e .`
 PER_SAMPLE = 0.0025
 #: the required speedup of the large pool over one worker
 TARGET = 6.0
+#: the rows of plain Ray actors called directly, without a pool
+BARE = "ray, bare actors (no pool)"
 
 
 class SampleBySample:
@@ -54,6 +59,42 @@ class SampleBySample:
             time.sleep(PER_SAMPLE)
             rows.append(torch.sin(row) * torch.cos(2 * row))
         return torch.stack(rows)
+
+
+class DeviceActor:
+    """A plain Ray actor holding the device, called with numpy arrays: no pool around it."""
+
+    def __init__(self) -> None:
+        self.device = SampleBySample()
+
+    def ping(self) -> int:
+        return os.getpid()
+
+    def run(self, x):
+        return self.device(torch.from_numpy(x.copy())).numpy()
+
+
+class BareActors:
+    """``k`` plain Ray actors called directly, one equal share each, results gathered with one ``ray.get``.
+
+    No scheduling, retries or ledger: the least a request to ``k`` actors
+    costs in Ray itself, the floor for the RayPool rows.
+    """
+
+    def __init__(self, ray, k: int, options: dict) -> None:
+        self.ray = ray
+        actor = ray.remote(DeviceActor)
+        self.actors = [actor.options(**options).remote() for _ in range(k)]
+        ray.get([a.ping.remote() for a in self.actors])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        shares = torch.tensor_split(x, len(self.actors))
+        outputs = self.ray.get([a.run.remote(s.numpy()) for a, s in zip(self.actors, shares)])
+        return torch.from_numpy(np.concatenate(outputs))
+
+    def close(self) -> None:
+        for a in self.actors:
+            self.ray.kill(a)
 
 
 def time_batch(device, x: torch.Tensor) -> float:
@@ -87,9 +128,11 @@ def main() -> None:
         configurations.append(("threads", k, DevicePool(factory=SampleBySample, workers=k)))
         configurations.append(("processes", k, DevicePool(factory=SampleBySample, workers=k, mode="processes")))
         if not args.no_ray:
-            # the device waits rather than computes: the 1 + 8 actors share the two CPUs
+            # the device waits rather than computes: the 1 + 8 pool actors and the 1 + 8 bare ones share the two CPUs
             configurations.append(("ray", k, RayPool(SampleBySample, workers=k, actor_options={"num_cpus": 0.2})))
-    configurations.sort(key=lambda c: ["plain device (no pool)", "threads", "processes", "ray"].index(c[0]))
+            configurations.append((BARE, k, BareActors(ray, k, {"num_cpus": 0.02})))
+    kinds = ["plain device (no pool)", "threads", "processes", "ray", BARE]
+    configurations.sort(key=lambda c: kinds.index(c[0]))
     for _, _, pool in configurations:
         assert torch.equal(pool(x), reference), "a pool's output differs from the plain device's"  # and warms it up
     # round robin: a burst of load on the shared machine falls on every configuration alike
@@ -98,7 +141,8 @@ def main() -> None:
         for index, (_, _, pool) in enumerate(configurations):
             times[index].append(time_batch(pool, x))
     for kind, k, pool in configurations[1:]:
-        assert pool.status().failures == 0
+        if kind != BARE:
+            assert pool.status().failures == 0
         pool.close()
     if not args.no_ray:
         ray.shutdown()

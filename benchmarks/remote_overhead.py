@@ -11,6 +11,11 @@
    and with ``SPSA(directions=4)``; local and remote steps alternate.
    Target: remote ≥ 80 % of local steps per second.
 
+Between them, two measurements of what idleness costs on the machine: the
+round trip again with each call made after both processes sat idle for 3 ms
+(as the server does while the trainer computes), and the training device's
+own work, in this process, back to back and after 3 ms idle.
+
 Both processes run torch on one thread.
 
     python benchmarks/remote_overhead.py [--calls 500] [--steps 60]
@@ -44,6 +49,10 @@ HERE = Path(__file__).resolve().parent
 TOKEN = "benchmark-token"
 LATENCY = 0.001  # seconds added to every device call in the training comparison
 BATCH, N_IN, N_CLASSES = 64, 16, 4
+#: rows of one SPSA(directions=4) backward call for a batch of 64: the probes' shape
+PROBES = 512
+#: seconds a process sits idle before the "after idle" calls: about a training step's compute between two device calls
+IDLE = 0.003
 
 
 class WithLatency:
@@ -107,6 +116,7 @@ def round_trip(calls: int) -> None:
         x = torch.randn(1024, 16)
         assert torch.equal(remote(x), device(x))  # the same numbers come back
         local_times, remote_times = [], []
+        idle_local, idle_remote = [], []
         with torch.no_grad():
             for _ in range(calls):
                 start = time.perf_counter()
@@ -115,6 +125,15 @@ def round_trip(calls: int) -> None:
                 start = time.perf_counter()
                 remote(x)
                 remote_times.append(time.perf_counter() - start)
+            for _ in range(calls):  # the same calls, each after both processes sat idle
+                time.sleep(IDLE)
+                start = time.perf_counter()
+                device(x)
+                idle_local.append(time.perf_counter() - start)
+                time.sleep(IDLE)
+                start = time.perf_counter()
+                remote(x)
+                idle_remote.append(time.perf_counter() - start)
         status = remote.status()
     finally:
         served.stop()
@@ -123,13 +142,41 @@ def round_trip(calls: int) -> None:
     print(f"### Round trip of 1024 × 16 float32 through Linear(16, 16), {calls} calls each, alternating\n")
     print("| call | median ms | 10th percentile ms | 90th percentile ms |")
     print("|---|---:|---:|---:|")
-    for label, times in (("local", local_times), ("remote (loopback)", remote_times)):
+    rows = (("local", local_times), ("remote (loopback)", remote_times),
+            (f"local, after {IDLE * 1e3:g} ms idle", idle_local), (f"remote, after {IDLE * 1e3:g} ms idle", idle_remote))
+    for label, times in rows:
         q = statistics.quantiles([t * 1e3 for t in times], n=10)
         print(f"| {label} | {statistics.median(times) * 1e3:.3f} | {q[0]:.3f} | {q[-1]:.3f} |")
     verdict = "yes" if remote_ms - local_ms <= 2.0 else "**no**"
-    print(f"\nremote − local (medians): {remote_ms - local_ms:.3f} ms; ≤ 2 ms: {verdict}; "
-          f"server counted {status['samples']} samples in {status['calls']} calls "
+    idle_gap = (statistics.median(idle_remote) - statistics.median(idle_local)) * 1e3
+    print(f"\nremote − local (medians): {remote_ms - local_ms:.3f} ms; ≤ 2 ms: {verdict}; after {IDLE * 1e3:g} ms "
+          f"idle: {idle_gap:.3f} ms; server counted {status['samples']} samples in {status['calls']} calls "
           f"(client: {remote.calls.samples} in {remote.calls.calls})\n")
+
+
+def idle_device(calls: int) -> None:
+    """The training device's work (SHG, no latency) on the SPSA probes' batch, back to back and after idling."""
+    device = devices.SHG()
+    x = torch.rand(PROBES, N_IN, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    busy, idle = [], []
+    with torch.no_grad():
+        for _ in range(calls):
+            start = time.perf_counter()
+            device(x)
+            busy.append(time.perf_counter() - start)
+        for _ in range(calls):
+            time.sleep(IDLE)
+            start = time.perf_counter()
+            device(x)
+            idle.append(time.perf_counter() - start)
+    print(f"### SHG() on {PROBES} × {N_IN} in one process, {calls} calls back to back, then {calls} each after "
+          f"{IDLE * 1e3:g} ms idle\n")
+    print("| calls | median ms | 10th percentile ms | 90th percentile ms |")
+    print("|---|---:|---:|---:|")
+    for label, times in (("back to back", busy), (f"after {IDLE * 1e3:g} ms idle", idle)):
+        q = statistics.quantiles([t * 1e3 for t in times], n=10)
+        print(f"| {label} | {statistics.median(times) * 1e3:.3f} | {q[0]:.3f} | {q[-1]:.3f} |")
+    print(f"\nafter idling / back to back (medians): {statistics.median(idle) / statistics.median(busy):.2f}\n")
 
 
 def make_model(fun, estimator_name: str, seed: int = 0):
@@ -215,6 +262,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"one torch thread per process, load average {os.getloadavg()[0]:.2f} at start\n")
     round_trip(args.calls)
+    idle_device(args.calls // 2)
     training(args.steps)
     print(f"\nload average {os.getloadavg()[0]:.2f} at end")
 

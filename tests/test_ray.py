@@ -95,3 +95,16 @@ def test_bench_runs_as_ray_tasks_give_the_records_of_serial_ones(local_ray, tmp_
     assert records(ray="local") == serial and len(serial) == 1  # the module's Ray is up: the runs go to it
     assert "runs as Ray tasks (local)" in (tmp_path / "{'ray': 'local'}" / "results.md").read_text()
 
+
+
+def test_a_share_travels_to_an_actor_as_one_pickle_even_with_a_lambda_among_its_arguments():
+    # plain pickle for tensors and arrays; what it cannot take goes through cloudpickle, as Ray's own would
+    import pickle
+
+    from blackgrad.pool import _dumps, _pack, _unpack
+
+    x = torch.arange(6, dtype=torch.float64).reshape(3, 2)
+    back = pickle.loads(_dumps((_pack(x), 0.5)))
+    assert torch.equal(_unpack(back[0]), x) and back[0].array.dtype == x.numpy().dtype and back[1] == 0.5
+    x_back, scale = pickle.loads(_dumps((_pack(x), lambda v: 2 * v)))
+    assert torch.equal(_unpack(x_back), x) and scale(3) == 6

@@ -166,9 +166,9 @@ def _timed_call(device: Callable[..., Any], args: tuple[Any, ...]) -> tuple[Any,
 class _TensorData:
     """A CPU tensor travelling to or from another process as a numpy array.
 
-    Pickling a tensor goes through ``torch.save`` (slow, and Ray copies it);
-    a numpy array travels as raw bytes, zero-copy in Ray.  The receiver gets a
-    tensor of the same dtype and shape back, on the CPU.
+    Pickling a tensor goes through ``torch.save`` (slow); a numpy array
+    pickles as its raw bytes.  The receiver gets a tensor of the same dtype
+    and shape back, on the CPU.
     """
 
     __slots__ = ("array",)
@@ -392,6 +392,11 @@ class _Pool:
         return self.name
 
     # ---------------------------------------------------------- internal
+    def _wait(self, shares: list[Any], timeout: float | None) -> list[Any]:
+        """The shares among ``shares`` that have finished, waiting up to ``timeout`` s (None: for ever) for one."""
+        done, _ = futures.wait(shares, timeout=timeout, return_when=futures.FIRST_COMPLETED)
+        return list(done)
+
     def _restart(self, worker: _Worker) -> None:
         try:
             worker.restart()
@@ -451,7 +456,7 @@ class _Pool:
                 )
             first_deadline = min(deadline for *_, deadline in running.values())
             wait = None if first_deadline == math.inf else max(first_deadline - time.monotonic(), 0.0)
-            done, _ = futures.wait(running, timeout=wait, return_when=futures.FIRST_COMPLETED)
+            done = self._wait(list(running), wait)
             for future in done:
                 worker, start, stop, _ = running.pop(future)
                 try:
@@ -665,8 +670,8 @@ class _RayWorker(_Worker):
             when = f"within {self.start_timeout:g} s" if hint else "(its device's factory failed where the actor runs)"
             raise PoolError(f"{self.ledger.worker} did not start {when}: {_describe(err)}{hint}") from err
 
-    def submit(self, args: tuple[Any, ...]) -> futures.Future:
-        return _Then(self.actor.evaluate.remote(*(_pack(a) for a in args)).future(), _received)
+    def submit(self, args: tuple[Any, ...]) -> "_RayShare":
+        return _RayShare(self.ray, self.actor.evaluate.remote(_dumps(tuple(_pack(a) for a in args))))
 
     def died(self, err: BaseException) -> bool:
         return isinstance(err, self.ray.exceptions.RayActorError)
@@ -689,6 +694,44 @@ class _RayWorker(_Worker):
             pass
 
 
+def _dumps(value: Any) -> bytes:
+    """``value`` as one pickle for a Ray actor or from one (tensors already packed as arrays).
+
+    A share travels as one bytes object, both ways: Ray moves bytes with less
+    work per call than the arrays inside them (its own serialisation of an
+    array adds metadata and buffer bookkeeping each way).  Plain pickle first
+    (fast, in C); cloudpickle for what it cannot take (a lambda among the
+    arguments, say), as Ray itself would have used.
+    """
+    try:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        from ray import cloudpickle
+
+        return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+class _RayShare:
+    """A share in flight on a Ray actor: its object ref, waited on with ``ray.wait``.
+
+    Waiting on the refs themselves (one ``ray.wait`` in the pool's thread)
+    rather than on ``ref.future()`` saves, per share, a callback from Ray's
+    thread and a hand-over between threads.
+    """
+
+    __slots__ = ("ray", "ref")
+
+    def __init__(self, ray: Any, ref: Any) -> None:
+        self.ray, self.ref = ray, ref
+
+    def done(self) -> bool:
+        ready, _ = self.ray.wait([self.ref], timeout=0)
+        return bool(ready)
+
+    def result(self) -> tuple[Any, float]:
+        return _received(pickle.loads(self.ray.get(self.ref)))
+
+
 _RAY_ACTOR_CLASS = None
 
 
@@ -705,8 +748,8 @@ def _ray_actor_class(ray: Any) -> Any:
             def ping(self) -> int:
                 return os.getpid()
 
-            def evaluate(self, *args: Any) -> tuple[Any, float]:
-                return _timed_remote_call(self.device, args)
+            def evaluate(self, payload: bytes) -> bytes:
+                return _dumps(_timed_remote_call(self.device, pickle.loads(payload)))
 
             def attribute(self, name: str) -> Any:
                 return getattr(self.device, name)
@@ -783,6 +826,15 @@ class RayPool(_Pool):
                 ray.shutdown()
             raise
         super().__init__(pool_workers, name or f"RayPool({_device_name(factory)} x {workers})", timeout)
+
+    def _wait(self, shares: list[Any], timeout: float | None) -> list[Any]:
+        # a share that failed before it reached Ray is a finished future: report it at once
+        finished = [share for share in shares if not isinstance(share, _RayShare)]
+        if finished:
+            return finished
+        by_ref = {share.ref: share for share in shares}
+        ready, _ = self._ray.wait(list(by_ref), num_returns=1, timeout=timeout, fetch_local=True)
+        return [by_ref[ref] for ref in ready]
 
     @property
     def actors(self) -> list[Any]:
