@@ -80,7 +80,7 @@ def test_the_gate_opens_for_a_good_model_once_enough_rows_were_scored():
     assert box.fidelity is good.fidelity or box.fidelity == good.fidelity
 
 
-def test_where_the_prior_alone_scores_higher_its_vjp_is_passed_instead_of_the_whole_estimate():
+def test_a_part_whose_gate_is_shut_passes_the_prior_vjp_while_the_prior_gate_is_open():
     twin_model = nn.Linear(N, M, bias=False).double()
     with torch.no_grad():
         twin_model.weight.copy_(A)

@@ -22,8 +22,8 @@ The lifecycle of a :class:`LearnedEstimator`, one backward pass at a time:
    fidelity gate: while the model's fidelity is low it passes nothing
    upstream, so that an untrained model cannot wreck the layers before it
    (:class:`~blackgrad.estimators.fidelity.FidelityMonitor`); an estimator
-   with a prior passes the prior's VJP alone on a part where the prior
-   scores higher (:meth:`~LearnedEstimator.upstream`).
+   with a prior passes the prior's VJP alone on a part whose gate is shut
+   while the prior's is open (:meth:`~LearnedEstimator.upstream`).
 """
 
 from __future__ import annotations
@@ -287,40 +287,32 @@ class LearnedEstimator(Estimator):
         """What this estimator passes upstream at ``alpha`` for ``grad_out``: ``(B, d)``.
 
         Each part (inputs, θ) passes the model's VJP (``grad``, if already
-        computed) through its gate — or, with a prior that scores higher
-        than the whole estimate on that part's rows, the prior's VJP alone
-        through the prior's own gate.  Both were scored on the same probe
-        rows before either trained on them, so the choice is a held-out
-        one: where the measured slopes are mostly noise, a correction
-        trained on what the prior leaves unexplained can fit that noise,
-        and the prior alone is the better gradient.
+        computed) through its gate.  With a prior, a part whose gate is shut
+        passes the prior's VJP alone instead, while the prior's own gate is
+        open for it: both were scored on the same probe rows before either
+        trained on them, and where the measured slopes are mostly noise, a
+        correction trained on what the prior leaves unexplained can fit that
+        noise and score below the gate while the prior alone scores above it.
         """
         if grad is None:
             with torch.no_grad():
                 grad = self.predict_vjp(alpha, grad_out)
         if self._unscored:
             return grad
-        prefer = self._prior_parts()
-        if not any(prefer):
+        fallback = self._prior_parts()
+        if not any(fallback):
             return self.monitor.apply(grad, shared)
         with torch.no_grad():
             prior = self.prior.predict_vjp(alpha, grad_out)
         shared = shared.to(grad.device)
-        inputs, params = (
-            prior * self.prior.monitor.factor(part) if use_prior else grad * self.monitor.factor(part)
-            for part, use_prior in zip(PARTS, prefer)
-        )
+        inputs, params = (prior if use_prior else grad * self.monitor.factor(part) for part, use_prior in zip(PARTS, fallback))
         return torch.where(shared, params, inputs)
 
     def _prior_parts(self) -> tuple[bool, bool]:
-        """For (inputs, θ): whether the prior alone scores higher on held-out rows than the whole estimate."""
+        """For (inputs, θ): whether the part's own gate is shut and the prior's is open."""
         if self.prior is None:
             return (False, False)
-        prefer = []
-        for part in PARTS:
-            own, prior = self.monitor.part(part), self.prior.monitor.part(part)
-            prefer.append(own is not None and prior is not None and prior.cosine > own.cosine)
-        return tuple(prefer)
+        return tuple(not self.monitor.factor(part) and bool(self.prior.monitor.factor(part)) for part in PARTS)
 
     @property
     def needs_profile(self) -> bool:
@@ -596,9 +588,8 @@ def resolve_prior(prior: Any, estimator: LearnedEstimator, hidden: tuple[int, ..
 
     The twin fits the forward values (free) and the estimator's own probe
     slopes; it spends no probes of its own.  It keeps the estimator's gate
-    for its own VJP, which the estimator passes instead of the whole
-    estimate on a part where the twin alone scores higher
-    (:meth:`LearnedEstimator.upstream`).
+    for its own VJP, which the estimator passes on a part whose own gate is
+    shut while the twin's is open (:meth:`LearnedEstimator.upstream`).
     """
     from .digital_twin import DigitalTwin
 
