@@ -21,9 +21,7 @@ The lifecycle of a :class:`LearnedEstimator`, one backward pass at a time:
 4. the VJP comes from the model, at no further device cost, through the
    fidelity gate: while the model's fidelity is low it passes nothing
    upstream, so that an untrained model cannot wreck the layers before it
-   (:class:`~blackgrad.estimators.fidelity.FidelityMonitor`); an estimator
-   with a prior passes the prior's VJP alone on a part whose gate is shut
-   while the prior's is open (:meth:`~LearnedEstimator.upstream`).
+   (:class:`~blackgrad.estimators.fidelity.FidelityMonitor`).
 """
 
 from __future__ import annotations
@@ -37,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Estimator, ProberLike, VJPQuery, _check_option, check_positive, _directional_slopes, _make_generator
-from .fidelity import DEFAULT_GATE, PARTS, Fidelity, FidelityMonitor
+from .fidelity import DEFAULT_GATE, Fidelity, FidelityMonitor
 
 TRAINING_LOSSES = ("mse", "cosine", "mse+cosine")
 
@@ -277,42 +275,13 @@ class LearnedEstimator(Estimator):
         if self.probe_cost(query.n_active, query.y.shape[1], query.batch) > 0:
             self.record(*self.probe(prober, query))
         self.update()
-        return self.upstream(query.alpha, query.grad_out, query.shared)
+        with torch.no_grad():
+            grad = self.predict_vjp(query.alpha, query.grad_out)
+        return self.gated(grad, query.shared)
 
     def gated(self, grad: Tensor, shared: Tensor) -> Tensor:
-        """The model's VJP ``grad`` with each part through its gate (the prior not consulted)."""
+        """What this estimator passes upstream for its model's VJP ``grad``: each part through its gate."""
         return grad if self._unscored else self.monitor.apply(grad, shared)
-
-    def upstream(self, alpha: Tensor, grad_out: Tensor, shared: Tensor, grad: Tensor | None = None) -> Tensor:
-        """What this estimator passes upstream at ``alpha`` for ``grad_out``: ``(B, d)``.
-
-        Each part (inputs, θ) passes the model's VJP (``grad``, if already
-        computed) through its gate.  With a prior, a part whose gate is shut
-        passes the prior's VJP alone instead, while the prior's own gate is
-        open for it: both were scored on the same probe rows before either
-        trained on them, and where the measured slopes are mostly noise, a
-        correction trained on what the prior leaves unexplained can fit that
-        noise and score below the gate while the prior alone scores above it.
-        """
-        if grad is None:
-            with torch.no_grad():
-                grad = self.predict_vjp(alpha, grad_out)
-        if self._unscored:
-            return grad
-        fallback = self._prior_parts()
-        if not any(fallback):
-            return self.monitor.apply(grad, shared)
-        with torch.no_grad():
-            prior = self.prior.predict_vjp(alpha, grad_out)
-        shared = shared.to(grad.device)
-        inputs, params = (prior if use_prior else grad * self.monitor.factor(part) for part, use_prior in zip(PARTS, fallback))
-        return torch.where(shared, params, inputs)
-
-    def _prior_parts(self) -> tuple[bool, bool]:
-        """For (inputs, θ): whether the part's own gate is shut and the prior's is open."""
-        if self.prior is None:
-            return (False, False)
-        return tuple(not self.monitor.factor(part) and bool(self.prior.monitor.factor(part)) for part in PARTS)
 
     @property
     def needs_profile(self) -> bool:
@@ -587,9 +556,8 @@ def resolve_prior(prior: Any, estimator: LearnedEstimator, hidden: tuple[int, ..
     """``prior="twin"``: a :class:`~blackgrad.estimators.DigitalTwin` sharing ``estimator``'s options.
 
     The twin fits the forward values (free) and the estimator's own probe
-    slopes; it spends no probes of its own.  It keeps the estimator's gate
-    for its own VJP, which the estimator passes on a part whose own gate is
-    shut while the twin's is open (:meth:`LearnedEstimator.upstream`).
+    slopes; it spends no probes of its own and is never gated on its own
+    (the estimator it serves is).
     """
     from .digital_twin import DigitalTwin
 
@@ -612,8 +580,7 @@ def resolve_prior(prior: Any, estimator: LearnedEstimator, hidden: tuple[int, ..
         batch_size=estimator.batch_size,
         buffer=estimator.buffer.capacity,
         embedding=copy.deepcopy(estimator.embedding),
-        gate=estimator.monitor.gate,
-        gate_rows=estimator.monitor.gate_rows,
+        gate=None,
         seed=seed,
     )
 

@@ -227,7 +227,7 @@ class Unbiased(Estimator):
                 rows, delta.reshape(k * batch, -1), slope.reshape(k * batch, -1), query.grad_out.repeat(k, 1), step=h, central=self.antithetic
             )
         # what the inner estimator alone would pass: scored beside the correction, on its scale
-        fallback = self.inner.upstream(alpha, query.grad_out, query.shared, grad=estimate) if learned else estimate
+        fallback = self.inner.gated(estimate, query.shared) if learned else estimate
         self.monitor.score_spread(corrected, residual, delta, query.shared, baseline=fallback)
         return self._choose(corrected, fallback, query.shared)
 
