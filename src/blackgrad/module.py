@@ -34,10 +34,12 @@ def default_estimator(seed: int | None = 0) -> Estimator:
     twin's slopes leave unexplained; it probes with the calibrated step and
     withholds its gradient while its fidelity is low.  In the benchmark's
     defaults section (``blackgrad bench --section defaults``: every
-    estimator's defaults on seven tasks, one seed) it reached 0.838–0.998 of
-    exact backprop's accuracy at 2 evaluations per sample and layer, the
-    highest on average and at worst; the twin alone ranged 0.763–0.995
-    (BENCHMARKS.md).
+    estimator's defaults on seven tasks, one seed) it reached 0.951–1.025 of
+    exact backprop's accuracy at 2 evaluations per sample and layer on the
+    six single-device tasks, but only 0.378 through three devices in series,
+    where learned estimators vary widely with their random streams
+    (``LearnedJacobian()`` 0.838 there, the twin alone 0.888–0.916 over
+    three seeds; BENCHMARKS.md).
     """
     return LearnedJacobian(seed=seed)
 
