@@ -480,4 +480,29 @@ def test_a_device_that_keeps_its_promise_gets_its_inputs_uncopied_and_the_same_r
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
     assert results[0][2] == results[1][2]
     with pytest.raises(TypeError, match="copy_inputs must be True or False"):
-        bg.BlackBox(device, copy_inputs="no")(x)
+        bg.BlackBox(device, copy_inputs="no")
+
+
+def test_a_broken_promise_is_caught_even_when_the_device_then_raises_and_would_be_retried():
+    def vandal(x):
+        x.mul_(100)
+        raise OSError("glitch")
+
+    box = bg.BlackBox(vandal, FiniteDifference(), calibrate=False, copy_inputs=False, retries=1)
+    x = torch.randn(3, 2, dtype=torch.float64)
+    with pytest.raises(bg.DeviceError, match="edited its input in place"):
+        box(x)
+    # not retried on the edited input: one call, its samples counted once, as failed
+    assert (box.calls.device_calls, box.calls.failed, box.calls.forward) == (1, 3, 0)
+
+
+def test_with_a_timeout_the_device_gets_a_copy_even_with_copy_inputs_false():
+    seen = []
+
+    def device(x):
+        seen.append(x)
+        return torch.sin(x)
+
+    x = torch.randn(4, 3, dtype=torch.float64)
+    bg.BlackBox(device, FiniteDifference(), calibrate=False, copy_inputs=False, timeout=30)(x)
+    assert seen[-1].data_ptr() != x.data_ptr()  # an abandoned call could edit it after every check

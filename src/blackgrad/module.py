@@ -222,7 +222,9 @@ class BlackBox(nn.Module):
             and raised as :class:`~blackgrad.errors.DeviceError` (the inputs
             are changed by then).  A device that returns its input as it is
             (an identity) then returns the model's own tensor: its output
-            shares memory with the batch.  Numpy devices always get copies.
+            shares memory with the batch.  Numpy devices always get copies,
+            and so does a device with a ``timeout`` (an abandoned call may
+            edit its input after every check is over).
         name: how errors and reports name the device.
         calibrate: ``True`` (default): on the first training batch that needs
             a gradient, measure the device (:func:`~blackgrad.calibrate`, a

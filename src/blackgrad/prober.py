@@ -177,8 +177,10 @@ class Prober:
             tensors.  False: the device promises not to; it gets the inputs
             themselves (θ is still copied), and an edit is caught by the
             tensor's version counter after the call and raised as
-            :class:`~blackgrad.errors.DeviceError`.  Numpy devices always get
-            copies (a numpy edit moves no version counter).
+            :class:`~blackgrad.errors.DeviceError` (also when the call
+            raised, before any retry).  Numpy devices always get copies (a
+            numpy edit moves no version counter), and so does every device
+            with a ``timeout``: an abandoned call may edit its input later.
 
     ``recorder``: a :class:`~blackgrad.recording.Recorder` that every
     successful device call is written to before it returns (None: none).
@@ -391,7 +393,8 @@ class Prober:
                     delay *= 2
             # fresh copies at every attempt, outside the try: a conversion error is not a device failure
             args = self._device_arguments(x, theta)
-            version = None if self.copy_inputs or self.numpy else args[0]._version
+            shared_input = not (self.copy_inputs or self.numpy or self.retry.timeout is not None)
+            version = args[0]._version if shared_input else None
             try:
                 raw = self._invoke(args)
             except DeviceTimeout as err:
@@ -405,6 +408,7 @@ class Prober:
                 continue
             except self.retry.exceptions as err:
                 self.ledger.failed += n
+                self._check_unedited(args, version, kind, n, counted=True)  # a retry would run on the edited input
                 if attempt == attempts:
                     raise DeviceError(
                         f"black box {self.name!r} raised {type(err).__name__}: {err} "
@@ -413,14 +417,9 @@ class Prober:
                 continue
             except BaseException:
                 self.ledger.failed += n  # outside the retry policy, but the samples were sent and paid for
+                self._check_unedited(args, version, kind, n, counted=True)
                 raise
-            if version is not None and args[0]._version != version:
-                self.ledger.failed += n  # spent, and nothing of it can be trusted
-                raise DeviceError(
-                    f"black box {self.name!r} edited its input in place in a {kind} call of {n} samples, although "
-                    "it was given copy_inputs=False (the promise not to): the inputs are changed now. Leave "
-                    "copy_inputs at True for this device"
-                )
+            self._check_unedited(args, version, kind, n)
             try:
                 y = self._validate(raw, x, n, kind, differentiable)
             except DeviceOutputError as err:
@@ -449,6 +448,22 @@ class Prober:
             return y
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _check_unedited(self, args: tuple[Any, ...], version: int | None, kind: str, n: int, counted: bool = False) -> None:
+        """Raise if a device handed the model's own input (``copy_inputs=False``) edited it in place.
+
+        ``version``: the input's version counter before the call (None: it had a copy).
+        ``counted``: the call's samples are already counted as failed (it raised).
+        """
+        if version is None or args[0]._version == version:
+            return
+        if not counted:
+            self.ledger.failed += n  # spent, and nothing of it can be trusted
+        raise DeviceError(
+            f"black box {self.name!r} edited its input in place in a {kind} call of {n} samples, although "
+            "it was given copy_inputs=False (the promise not to): the inputs are changed now. Leave "
+            "copy_inputs at True for this device"
+        )
+
     def _device_arguments(self, x: Tensor, theta: Tensor | None) -> tuple[Any, ...]:
         batch = x if self._flat_inputs else x.reshape((x.shape[0],) + self.in_shape)
         args: tuple[Any, ...] = (batch,) if self.n_params == 0 else (batch, theta)
@@ -466,7 +481,9 @@ class Prober:
         # and the model's parameters themselves.
         if self.numpy:
             return tuple(np.array(a.detach().cpu().numpy(), copy=True) for a in args)
-        if not self.copy_inputs:
+        # With a time-out the copy stays too: an abandoned call may go on running, and edit its
+        # input, after every check of ours is over.
+        if not self.copy_inputs and self.retry.timeout is None:
             return (batch,) if theta is None else (batch, theta.clone())
         return tuple(a.clone() for a in args)
 
