@@ -232,3 +232,27 @@ def test_grouped_probes_go_one_call_per_theta_in_theta_order_and_no_rows_make_no
     assert torch.equal(prober(rows), y) and [c.tolist() for c in calls[2:]] == [[1.0, 0.0], [2.0, 0.0]]  # whole rows alike
     empty = evaluate_grouped(prober.evaluate, rows[:0], 4, thetas[0], group[:0])
     assert empty.shape == (0, 3) and len(calls) == 4
+
+
+def test_rows_without_a_group_are_evaluated_at_their_own_theta_and_differentiated_through_it():
+    """A user estimator that forgets ``group``: never the query's θ for rows whose θ moved."""
+    x = torch.randn(5, 4, dtype=torch.float64)
+    theta = W.reshape(-1).clone()
+    y = with_theta(x, theta)
+    g = torch.randn(5, 3, dtype=torch.float64)
+    query = VJPQuery.from_parts(x, theta, y, g)
+    prober = Prober(with_theta, (4,), n_params=12)
+    moved = query.alpha.clone()
+    moved[:, 4:] += 0.1  # every row's θ moved alike
+    assert torch.allclose(query.evaluate(prober, moved), with_theta(x, theta + 0.1))
+    mixed = moved.clone()
+    mixed[0, 4:] -= 0.1  # the first row back at θ: the rows disagree, and are grouped by θ
+    expected = torch.cat([with_theta(x[:1], theta), with_theta(x[1:], theta + 0.1)])
+    assert torch.allclose(query.evaluate(prober, mixed), expected)
+    # differentiable: the graph runs through the rows' θ columns
+    rows = moved.clone().requires_grad_(True)
+    query.evaluate(prober, rows, differentiable=True).sum().backward()
+    reference = moved.clone().requires_grad_(True)
+    with_theta(reference[:, :4], reference[0, 4:]).sum().backward()
+    assert rows.grad[:, 4:].abs().sum() > 0
+    assert torch.allclose(rows.grad.sum(0), reference.grad.sum(0))

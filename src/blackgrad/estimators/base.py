@@ -207,7 +207,8 @@ def evaluate_grouped(
     """Rows ``α`` ``(N, n + p)`` evaluated through a grouped prober's ``evaluate``, by their θ group.
 
     ``group`` ``(N,)``: rows with the same value share their θ (whoever drew
-    the rows knows this); None: every row is at ``theta``.  The inputs go
+    the rows knows this); None: one θ for every row, checked (rows that
+    disagree are grouped by their θ, as whole rows are).  The inputs go
     as they are and one θ per group: nothing is compared row by row.  Groups
     whose θ coincide are merged into one device call, and the calls are made
     in θ's lexicographic order — the order whole rows get from
@@ -215,8 +216,16 @@ def evaluate_grouped(
     calls and a noisy device draws the same noise through either.
     """
     x = rows if theta is None else rows[:, :n]
-    if theta is None or group is None or rows.shape[0] == 0:  # one θ (no rows: no call at all)
+    if theta is None or rows.shape[0] == 0:  # no θ (no rows: no call at all)
         return evaluate(x, theta, kind=kind, differentiable=differentiable)
+    if group is None:
+        # One θ, the caller says: taken from the rows (a graph through them stays whole) and
+        # checked, since a row whose θ moved would otherwise be evaluated at another θ without
+        # a word; rows that disagree are grouped by their θ instead.
+        first = rows[0, n:]
+        if bool((rows[:, n:] == first).all()):
+            return evaluate(x, first, kind=kind, differentiable=differentiable)
+        group = torch.arange(rows.shape[0], device=rows.device)
     ids, group = torch.unique(group, return_inverse=True)
     first = torch.full((ids.shape[0],), rows.shape[0], dtype=torch.long, device=rows.device)
     first.scatter_reduce_(0, group, torch.arange(rows.shape[0], device=rows.device), "amin")
@@ -401,7 +410,7 @@ class VJPQuery:
 
         ``group`` ``(N,)``: rows with the same value share their θ (the
         estimator knows this when it draws them: a shared direction moves θ
-        alike for the whole batch); None: every row is at the query's own θ.
+        alike for the whole batch); None: one θ for all rows (checked; rows that disagree are grouped by their θ).
         A :class:`GroupedProber` gets the inputs and one θ per group
         (:func:`evaluate_grouped`); any other prober (a function of rows) is
         called with the rows.
