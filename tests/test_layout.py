@@ -256,3 +256,12 @@ def test_rows_without_a_group_are_evaluated_at_their_own_theta_and_differentiate
     with_theta(reference[:, :4], reference[0, 4:]).sum().backward()
     assert rows.grad[:, 4:].abs().sum() > 0
     assert torch.allclose(rows.grad.sum(0), reference.grad.sum(0))
+
+
+def test_a_differentiable_box_takes_half_precision_and_a_wrong_estimator_is_a_type_error():
+    box = bg.BlackBox(torch.tanh, differentiable=True)
+    x = torch.randn(4, 3, dtype=torch.float16, requires_grad=True)
+    box(x).sum().backward()  # torch differentiates the device: no difference in float16 to refuse
+    assert torch.allclose(x.grad.float(), 1 - torch.tanh(x.detach().float()) ** 2, atol=1e-2)
+    with pytest.raises(TypeError, match="estimator must be a blackgrad.estimators.Estimator"):
+        bg.BlackBox(torch.tanh, "spsa", differentiable=True)

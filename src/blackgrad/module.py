@@ -292,6 +292,11 @@ class BlackBox(nn.Module):
             raise TypeError(f"BlackBox needs a callable device, got {type(fun).__name__}")
         if not isinstance(differentiable, bool):
             raise TypeError(f"differentiable must be True or False, got {differentiable!r}")
+        if estimator is not None and not isinstance(estimator, Estimator):
+            raise TypeError(
+                f"estimator must be a blackgrad.estimators.Estimator instance such as FiniteDifference() "
+                f"or SPSA(directions=4), got {estimator!r}"
+            )
         if differentiable and estimator is not None and not estimator.differentiates_device:
             raise ValueError(
                 f"differentiable=True has torch differentiate the device itself, so it takes no estimator; "
@@ -299,11 +304,6 @@ class BlackBox(nn.Module):
             )
         if estimator is None:
             estimator = Exact() if differentiable else default_estimator(seed=int(torch.randint(0, 2**31 - 1, (1,))))
-        if not isinstance(estimator, Estimator):
-            raise TypeError(
-                f"estimator must be a blackgrad.estimators.Estimator instance such as FiniteDifference() "
-                f"or SPSA(directions=4), got {estimator!r}"
-            )
         # A plain attribute, never a submodule: a learned estimator's own parameters
         # must not be trained by the user's optimiser on the task loss (nor moved by
         # ``.to()``: a learned model lives on the device of the data it first sees).
@@ -532,6 +532,8 @@ class BlackBox(nn.Module):
     @property
     def _estimate_needs_precision(self) -> bool:
         """Whether the estimator differences device readings or trains a model (not Exact or a surrogate)."""
+        if self.differentiable:  # torch differentiates the device itself: no difference is taken
+            return False
         return self.estimator.probe_cost(1, 1, 64) > 0 or isinstance(self.estimator, LearnedEstimator)
 
     def _shape_inputs(self, in_shape: tuple[int, ...]) -> None:
