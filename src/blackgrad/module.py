@@ -308,8 +308,6 @@ class BlackBox(nn.Module):
         # must not be trained by the user's optimiser on the task loss (nor moved by
         # ``.to()``: a learned model lives on the device of the data it first sees).
         self.estimator = estimator
-        # The device's own graph is the backward (Exact() says the same): kept by the forward call.
-        self.differentiable = bool(estimator.differentiates_device)
         if params is not None:
             if not isinstance(params, Tensor):
                 raise TypeError(f"params must be a tensor, got {type(params).__name__}")
@@ -527,6 +525,15 @@ class BlackBox(nn.Module):
             self._shape_inputs(tuple(state["in_shape"]))
             if state["out_shape"] is not None:
                 self.prober.out_shape = tuple(state["out_shape"])
+
+    @property
+    def differentiable(self) -> bool:
+        """Whether the device's own graph is the backward (``differentiable=True``, or ``Exact()``).
+
+        Read from the estimator at every call, so that a box given another
+        estimator later follows it.
+        """
+        return bool(self.estimator.differentiates_device)
 
     # --------------------------------------------------------------- internal
     @property
