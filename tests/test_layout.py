@@ -265,3 +265,18 @@ def test_a_differentiable_box_takes_half_precision_and_a_wrong_estimator_is_a_ty
     assert torch.allclose(x.grad.float(), 1 - torch.tanh(x.detach().float()) ** 2, atol=1e-2)
     with pytest.raises(TypeError, match="estimator must be a blackgrad.estimators.Estimator"):
         bg.BlackBox(torch.tanh, "spsa", differentiable=True)
+
+
+def test_a_prober_without_an_input_shape_says_so_and_exact_gives_zeros_for_an_ignored_input():
+    with pytest.raises(ValueError, match="does not know the shape of one input sample"):
+        Prober(torch.tanh, None).forward(torch.randn(2, 3), None)
+    from blackgrad.estimators import Exact
+
+    def ignores_x(x, theta):
+        return theta.expand(x.shape[0], 2) * 2.0
+
+    x, theta = torch.randn(3, 4, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+    y, g = ignores_x(x, theta), torch.ones(3, 2, dtype=torch.float64)
+    prober = Prober(ignores_x, (4,), n_params=2)
+    answer = Exact().vjp(prober, VJPQuery.from_parts(x, theta, y, g))
+    assert torch.equal(answer.x, torch.zeros_like(x)) and torch.equal(answer.theta, torch.full((2,), 6.0, dtype=torch.float64))

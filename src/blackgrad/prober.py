@@ -210,6 +210,7 @@ class Prober:
         self.fun = fun
         self.in_shape: tuple[int, ...] | None = None
         self.n_x: int | None = None
+        self._flat_inputs = False  # until the shape is known
         if in_shape is not None:
             self.shape_inputs(in_shape)
         self.n_params = int(n_params)
@@ -464,8 +465,17 @@ class Prober:
             "copy_inputs at True for this device"
         )
 
+    def _shaped(self, x: Tensor) -> Tensor:
+        """Rows ``(N, n)`` as the device's batch ``(N, *in_shape)``."""
+        if self.in_shape is None:
+            raise ValueError(
+                f"the prober of {self.name!r} does not know the shape of one input sample yet: give "
+                "Prober(..., in_shape=...) or call shape_inputs() before evaluating (a BlackBox does this itself)"
+            )
+        return x.reshape((x.shape[0],) + self.in_shape)
+
     def _device_arguments(self, x: Tensor, theta: Tensor | None) -> tuple[Any, ...]:
-        batch = x if self._flat_inputs else x.reshape((x.shape[0],) + self.in_shape)
+        batch = x if self._flat_inputs else self._shaped(x)
         args: tuple[Any, ...] = (batch,) if self.n_params == 0 else (batch, theta)
         # Copies: a device that edits its input in place must not touch the model's tensors
         # (θ, the activations upstream, the rows an estimator reuses).  A torch copy keeps the

@@ -43,6 +43,8 @@ class Exact(Estimator):
             y = grouped(*inputs, differentiable=True)
             require_graph(y, prober.name)
             grads = torch.autograd.grad(y, inputs, query.grad_out, allow_unused=True)
+        # a device that ignores an input has a zero gradient there, not None
+        grads = tuple(torch.zeros_like(leaf) if grad is None else grad for grad, leaf in zip(grads, inputs))
         return grads[0] if query.theta is None else VJP(*grads)
 
     def probe_cost(self, d: int, m: int, batch: int) -> int:
