@@ -209,7 +209,8 @@ def evaluate_grouped(
     ``group`` ``(N,)``: rows with the same value share their θ (whoever drew
     the rows knows this); None: one θ for every row, checked (rows that
     disagree are grouped by their θ, as whole rows are).  The inputs go
-    as they are and one θ per group: nothing is compared row by row.  Groups
+    as they are and one θ per group: given a group, nothing is compared row
+    by row.  Groups
     whose θ coincide are merged into one device call, and the calls are made
     in θ's lexicographic order — the order whole rows get from
     :meth:`~blackgrad.Prober.__call__`, so that both doors make the same
@@ -222,9 +223,9 @@ def evaluate_grouped(
         # One θ, the caller says: taken from the rows (a graph through them stays whole) and
         # checked, since a row whose θ moved would otherwise be evaluated at another θ without
         # a word; rows that disagree are grouped by their θ instead.
-        first = rows[0, n:]
-        if bool((rows[:, n:] == first).all()):
-            return evaluate(x, first, kind=kind, differentiable=differentiable)
+        one = rows[0, n:]
+        if bool((rows[:, n:] == one).all()):
+            return evaluate(x, one, kind=kind, differentiable=differentiable)
         group = torch.arange(rows.shape[0], device=rows.device)
     ids, group = torch.unique(group, return_inverse=True)
     first = torch.full((ids.shape[0],), rows.shape[0], dtype=torch.long, device=rows.device)
