@@ -320,6 +320,33 @@ def test_a_torch_device_that_edits_its_inputs_in_place_cannot_corrupt_the_model(
     assert torch.allclose(upstream.grad, torch.full_like(before, 2.0), atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda x: x.add_(1.0),
+        lambda x: torch.sin(x, out=x),
+        lambda x: x.numpy().__setitem__((0, 0), 7.0),  # through a numpy view: no version counter moves
+        lambda x: x.reshape(-1)[1:3].fill_(7.0),  # through a view of the input
+    ],
+    ids=["add_", "out=", "numpy-view", "view-fill_"],
+)
+def test_the_default_copy_keeps_every_kind_of_in_place_edit_from_the_model(edit):
+    # the prober's copy is copy-on-write on CPU: whatever way the device writes, it writes its own memory
+    def device(x):
+        out = 2 * x
+        edit(x)
+        return out
+
+    box = bg.BlackBox(device, FiniteDifference(), calibrate=False)
+    upstream = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    activation = upstream * 1.0
+    before = activation.detach().clone()
+    y = box(activation)
+    assert torch.equal(activation.detach(), before) and torch.equal(y, 2 * before)
+    y.sum().backward()  # the probe rows the estimator keeps are kept from the device too
+    assert torch.allclose(upstream.grad, torch.full_like(before, 2.0), atol=1e-6)
+
+
 def test_an_in_place_device_differentiated_by_exact_gives_the_right_gradient():
     box = bg.BlackBox(lambda x: x.mul_(3), Exact())
     x = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)

@@ -213,9 +213,11 @@ class BlackBox(nn.Module):
         copy_inputs: ``True`` (default): a torch device is handed copies of
             its inputs, so that one that edits them in place cannot change
             the model's activations, parameters or an estimator's probes.
-            ``False``: the device promises not to edit its inputs, and is
-            handed them without a copy — one memory copy fewer per call,
-            which a cheap device on wide batches notices (BENCHMARKS.md) —
+            On CPU the copy is copy-on-write: memory is copied only if the
+            device writes to its input, so a device that only reads it
+            costs no copy.  ``False``: the device promises not to edit its
+            inputs, and is handed them themselves — no copy on other devices
+            (CUDA), where the copy is made at once —
             while θ is still copied, so the model's
             parameters stay out of its reach whatever it does; a broken
             promise is caught after the call by the tensor's version counter
@@ -403,7 +405,7 @@ class BlackBox(nn.Module):
         if theta is not None and theta.dtype != flat.dtype:
             theta = theta.to(flat.dtype)
         wants_gradient = torch.is_grad_enabled() and (flat.requires_grad or (theta is not None and theta.requires_grad))
-        if wants_gradient and flat.dtype in (torch.float16, torch.bfloat16) and self._estimate_needs_precision:
+        if wants_gradient and flat.dtype in (torch.float16, torch.bfloat16) and self._estimates_from_readings:
             # a difference of two half-precision readings is mostly rounding: refuse before spending anything
             raise TypeError(
                 f"BlackBox {self.name!r}: {type(self.estimator).__name__} estimates gradients from differences "
@@ -537,8 +539,14 @@ class BlackBox(nn.Module):
 
     # --------------------------------------------------------------- internal
     @property
-    def _estimate_needs_precision(self) -> bool:
-        """Whether the estimator differences device readings or trains a model (not Exact or a surrogate)."""
+    def _estimates_from_readings(self) -> bool:
+        """Whether the estimator differences device readings or trains a model (not Exact nor a given derivative).
+
+        Such an estimate needs more than half precision, and is checked for
+        NaN and Inf before it leaves the box; a derivative the user wrote
+        (:class:`~blackgrad.estimators.StraightThrough`) is torch code like
+        any other, and passes as torch's own autograd passes it.
+        """
         if self.differentiable:  # torch differentiates the device itself: no difference is taken
             return False
         return self.estimator.probe_cost(1, 1, 64) > 0 or isinstance(self.estimator, LearnedEstimator)
@@ -587,7 +595,9 @@ class BlackBox(nn.Module):
             grad_x, grad_theta = query.gradient(answer)
         except ValueError as err:
             raise RuntimeError(f"estimator {self.estimator!r} returned {err}") from None
-        if (grad_x is not None and not all_finite(grad_x)) or (grad_theta is not None and not all_finite(grad_theta)):
+        if self._estimates_from_readings and (
+            (grad_x is not None and not all_finite(grad_x)) or (grad_theta is not None and not all_finite(grad_theta))
+        ):
             raise FloatingPointError(
                 f"estimator {self.estimator!r} returned NaN or Inf gradients for black box {self.name!r}"
             )

@@ -174,7 +174,7 @@ class Prober:
         name: how errors name the device.
         copy_inputs: hand a torch device copies of its inputs (the default),
             so that one that edits them in place cannot touch the model's
-            tensors.  False: the device promises not to; it gets the inputs
+            tensors; on CPU copy-on-write ones (:func:`_private_copy`).  False: the device promises not to; it gets the inputs
             themselves (θ is still copied), and an edit is caught by the
             tensor's version counter after the call and raised as
             :class:`~blackgrad.errors.DeviceError` (also when the call
@@ -495,7 +495,7 @@ class Prober:
         # input, after every check of ours is over.
         if not self.copy_inputs and self.retry.timeout is None:
             return (batch,) if theta is None else (batch, theta.clone())
-        return tuple(a.clone() for a in args)
+        return tuple(_private_copy(a) for a in args)
 
     def _invoke(self, args: tuple[Any, ...]) -> Any:
         self.ledger.device_calls += 1
@@ -601,6 +601,26 @@ class Prober:
 
 def _shape(t: Tensor | None) -> Any:
     return None if t is None else tuple(t.shape)
+
+
+# torch's copy-on-write clone (torch >= 2.2; absent: every copy is made at once)
+_lazy_clone = getattr(torch, "_lazy_clone", None)
+
+
+def _private_copy(t: Tensor) -> Tensor:
+    """A copy of ``t`` that its receiver may edit without touching ``t``.
+
+    On CPU a copy-on-write clone: the two tensors share memory until either
+    is written, and the first write — in place, through ``out=``, a numpy
+    view, DLPack or a raw ``data_ptr()`` — gives the writer memory of its
+    own first (tested).  A device that only reads its input, the usual
+    kind, then costs no memory copy at all, which on a cheap device and a
+    wide batch is most of the wrapper's cost.  Elsewhere, and on a torch
+    without it, an ordinary clone.
+    """
+    if _lazy_clone is not None and t.device.type == "cpu":
+        return _lazy_clone(t)
+    return t.clone()
 
 
 def all_finite(t: Tensor) -> bool:
