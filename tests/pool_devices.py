@@ -35,6 +35,11 @@ class Elementwise:
         self.evaluated += len(x)
         return y
 
+    @property
+    def pid(self) -> int:
+        """The process it runs in."""
+        return os.getpid()
+
 
 class RaisesOnCall(Elementwise):
     """Raises on its ``fail_on``-th call (1-based), before evaluating anything."""
@@ -98,3 +103,34 @@ class HangsOnCall(Elementwise):
         if self.calls + 1 == self.hang_on:
             time.sleep(self.seconds)
         return super().__call__(x, theta)
+
+
+class Slow(Elementwise):
+    """Elementwise at 0.1 s per sample: time to kill its process mid-share."""
+
+    def __init__(self, **options) -> None:
+        super().__init__(sleep_per_sample=0.1, **options)
+
+
+class Unpicklable(Exception):
+    """An exception that cannot travel back from a worker process (it holds a lock)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        import threading
+
+        self.lock = threading.Lock()
+
+
+class RaisesUnpicklable(Elementwise):
+    def __call__(self, x, theta=None):
+        raise Unpicklable("driver state lost")
+
+
+def make_exits_while_starting() -> Elementwise:
+    os._exit(5)
+
+
+def make_slow_to_start() -> Elementwise:
+    time.sleep(30)
+    return Elementwise()

@@ -26,17 +26,20 @@ each of them with its error, and nothing of the request is returned.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import concurrent.futures as futures
 import functools
 import math
 import multiprocessing
+from multiprocessing import connection as mp_connection
 import os
 import pickle
 import re
 import signal
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -215,57 +218,107 @@ class _ThreadWorker(_Worker):
         return getattr(self.device, name)
 
 
-# In a worker process: the device it built, and the functions the parent submits.
-_PROCESS_DEVICE: Any = None
-
-
-def _process_init() -> None:
-    torch.set_num_threads(1)  # k workers on a machine: one torch thread each, as the bench runner does
-
-
-def _process_build(blob: bytes) -> int:
-    """The first task of a worker process: build its device (a task, so that its error comes back whole)."""
-    global _PROCESS_DEVICE
-    kind, obj = pickle.loads(blob)
-    _PROCESS_DEVICE = obj() if kind == "factory" else obj
-    return os.getpid()
-
-
-def _process_evaluate(payload: bytes) -> bytes:
-    # Plain pickle both ways, of tensors packed as arrays: by value, not through torch's shared-memory reductions.
-    output = _timed_remote_call(_PROCESS_DEVICE, pickle.loads(payload))
-    return pickle.dumps(output, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def _process_attribute(name: str) -> Any:
-    return getattr(_PROCESS_DEVICE, name)
-
-
-class _Then(futures.Future):
-    """The future of ``convert(result)`` for another future's result; its exception passes through."""
-
-    def __init__(self, inner: futures.Future, convert: Callable[[Any], Any]) -> None:
-        super().__init__()
-        self._convert = convert
-        inner.add_done_callback(self._finish)
-
-    def _finish(self, inner: futures.Future) -> None:
-        err = inner.exception()
-        if err is not None:
-            self.set_exception(err)
-            return
-        try:
-            self.set_result(self._convert(inner.result()))
-        except Exception as failure:
-            self.set_exception(failure)
-
-
 def _received(result: tuple[Any, float]) -> tuple[Any, float]:
     output, seconds = result
     return _unpack(output), seconds
 
 
+# In a worker process: the loop that builds the device and answers the pool over one pipe.
+#
+# A message to the worker is one tag byte and a pickle: b"E" + the packed
+# arguments of a share (evaluate), b"A" + an attribute name, b"Q" (quit).
+# The answer is a pickle of (True, value) or (False, exception); the first
+# answer, once the device is built, is (True, pid).
+_EVALUATE, _ATTRIBUTE, _QUIT = b"E", b"A", b"Q"
+
+
+def _process_main(conn: Any, blob: bytes) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it closes the pool
+    torch.set_num_threads(1)  # k workers on a machine: one torch thread each, as the bench runner does
+    try:
+        kind, obj = pickle.loads(blob)
+        device = obj() if kind == "factory" else obj
+        reply = _dumps_reply(True, os.getpid())
+    except Exception as err:
+        reply = _error_reply(err)
+        device = None
+    try:
+        conn.send_bytes(reply)
+        while device is not None:
+            message = conn.recv_bytes()
+            tag, body = message[:1], memoryview(message)[1:]
+            if tag == _EVALUATE:
+                # plain pickle both ways, of tensors packed as arrays: by value, not through torch's shared memory
+                try:
+                    reply = _dumps_reply(True, _timed_remote_call(device, pickle.loads(body)))
+                except Exception as err:
+                    reply = _error_reply(err)
+            elif tag == _ATTRIBUTE:
+                try:
+                    reply = _dumps_reply(True, getattr(device, pickle.loads(body)))
+                except Exception as err:
+                    reply = _error_reply(err)
+            else:
+                break
+            conn.send_bytes(reply)
+    except (EOFError, OSError):  # the pool's end is closed: the pool was closed, or its process ended
+        pass
+    finally:
+        conn.close()
+
+
+def _dumps_reply(ok: bool, value: Any) -> bytes:
+    return pickle.dumps((ok, value), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _error_reply(err: Exception) -> bytes:
+    try:
+        return pickle.dumps((False, err), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # an exception that cannot be pickled: its type and message as text
+        return pickle.dumps((False, f"{type(err).__name__}: {err}"), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+class ProcessDied(RuntimeError):
+    """A worker process of a :class:`DevicePool` ended (crashed, exited, or was killed) while the pool needed it."""
+
+
+def _raise_reply(reply: bytes) -> Any:
+    """The value of a worker's answer, or its exception raised here."""
+    try:
+        answer = pickle.loads(reply)
+    except Exception as err:  # e.g. an exception class the worker has and this process cannot import
+        raise RuntimeError(f"the worker's answer could not be unpickled here ({type(err).__name__}: {err})") from err
+    ok, value = answer
+    if ok:
+        return value
+    raise RuntimeError(value) if isinstance(value, str) else value
+
+
+class _ProcessShare:
+    """A share in flight on a worker process: ready when its pipe has an answer or the process has ended.
+
+    The pool waits on the pipes and the processes' sentinels themselves, with
+    one ``multiprocessing.connection.wait`` in its own thread: no executor
+    thread or future between the pipe and the pool.
+    """
+
+    __slots__ = ("worker", "conn", "sentinel", "error")
+
+    def __init__(self, worker: "_ProcessWorker", error: BaseException | None = None) -> None:
+        self.worker, self.conn, self.sentinel, self.error = worker, worker.conn, worker.process.sentinel, error
+
+    def done(self) -> bool:
+        return self.error is not None or bool(mp_connection.wait([self.conn, self.sentinel], timeout=0))
+
+    def result(self) -> tuple[Any, float]:
+        if self.error is not None:
+            raise self.error
+        return _received(_raise_reply(self.worker.receive()))
+
+
 class _ProcessWorker(_Worker):
+    """One worker process of its own, running :func:`_process_main` on one pipe."""
+
     def __init__(self, label: str, blob: bytes, context: Any, start_timeout: float) -> None:
         super().__init__(label)
         self.blob, self.context, self.start_timeout = blob, context, start_timeout
@@ -273,46 +326,117 @@ class _ProcessWorker(_Worker):
 
     def _start(self) -> None:
         """Start the process; :meth:`wait_started` waits for it (so that k processes start at once)."""
-        self.executor = futures.ProcessPoolExecutor(
-            max_workers=1, mp_context=self.context, initializer=_process_init
+        self.pid: int | None = None  # until it has built its device
+        self.conn, child = self.context.Pipe(duplex=True)
+        self.process = self.context.Process(
+            target=_process_main, args=(child, self.blob), name=f"blackgrad-pool {self.ledger.worker}"
         )
-        self._ping = self.executor.submit(_process_build, self.blob)
+        try:
+            self.process.start()
+        finally:
+            child.close()  # the child's copy only: a dead child then reads as the end of its pipe here
+        # closes the pipe and ends the process when the worker is closed or dropped; at exit, see _stop_at_exit
+        self._finalizer = weakref.finalize(self, _stop_process, self.process, self.conn)
+        self._finalizer.atexit = False
+        _LIVE_PROCESS_WORKERS.add(self)
 
     def wait_started(self) -> None:
         try:
-            self.pid = self._ping.result(timeout=self.start_timeout)
+            if not mp_connection.wait([self.conn, self.process.sentinel], timeout=self.start_timeout):
+                raise TimeoutError(f"no answer within the start timeout of {self.start_timeout:g} s")
+            self.pid = _raise_reply(self.receive())
         except Exception as err:
-            self.executor.shutdown(wait=False, cancel_futures=True)
+            self.process.kill()
+            self._finalizer()
             raise PoolError(
                 f"{self.ledger.worker} did not start: {_describe(err)}. The device or factory is built in the "
                 "worker process: it must be importable there (a module-level function or class, not a lambda "
                 "or a function defined in an interactive session) and must not fail when called"
             ) from err
 
-    def submit(self, args: tuple[Any, ...]) -> futures.Future:
+    def receive(self) -> bytes:
+        """The process's next answer (waiting for it); :class:`ProcessDied` if the process ended instead."""
+        mp_connection.wait([self.conn, self.process.sentinel])
+        try:
+            if self.conn.poll(0):  # an answer, or the end of the pipe; what it wrote before it ended comes first
+                return self.conn.recv_bytes()
+        except (EOFError, OSError):  # the end of the pipe, or a partial answer: it ended while writing
+            pass
+        raise self._death()
+
+    def _death(self) -> ProcessDied:
+        self.process.join(timeout=5)  # it has ended or closed its pipe: its exit code follows
+        return ProcessDied(f"its process (pid {self.process.pid}) {_exit_status(self.process.exitcode)}")
+
+    def submit(self, args: tuple[Any, ...]) -> _ProcessShare:
         payload = pickle.dumps(tuple(_pack(a) for a in args), protocol=pickle.HIGHEST_PROTOCOL)
-        return _Then(self.executor.submit(_process_evaluate, payload), lambda blob: _received(pickle.loads(blob)))
+        try:
+            self.conn.send_bytes(_EVALUATE + payload)
+        except OSError:  # its pipe is closed: the process ended between requests
+            return _ProcessShare(self, self._death())
+        return _ProcessShare(self)
 
     def died(self, err: BaseException) -> bool:
-        return isinstance(err, futures.process.BrokenProcessPool)
+        return isinstance(err, ProcessDied)
 
-    def abandon(self, future: futures.Future) -> bool:
-        try:
-            os.kill(self.pid, signal.SIGKILL)  # the process this worker started; the next request starts another
-        except ProcessLookupError:
-            pass
+    def abandon(self, future: Any) -> bool:
+        self.process.kill()  # the process this worker started; the next request starts another
         return True
 
     def restart(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        self._finalizer()
         self._start()
         self.wait_started()
 
     def attribute(self, name: str) -> Any:
-        return self.executor.submit(_process_attribute, name).result()
+        self.conn.send_bytes(_ATTRIBUTE + pickle.dumps(name, protocol=pickle.HIGHEST_PROTOCOL))
+        return _raise_reply(self.receive())
 
     def close(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=True)
+        if self.pid is None and self.process.is_alive():  # still building its device: nothing to wait for
+            self.process.kill()
+        self._finalizer()
+
+
+def _exit_status(code: int | None) -> str:
+    if code is None:
+        return "closed its pipe and did not exit"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+_LIVE_PROCESS_WORKERS: "weakref.WeakSet[_ProcessWorker]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_at_exit() -> None:
+    """Stop the worker processes of pools left open, before multiprocessing joins its children at exit.
+
+    A worker process ends when its pipe closes, but multiprocessing's own
+    exit hook would join it before this process's pipes are closed: it was
+    registered earlier (``multiprocessing.connection`` is imported above),
+    so this one runs first.
+    """
+    for worker in list(_LIVE_PROCESS_WORKERS):
+        worker._finalizer()
+
+
+def _stop_process(process: Any, conn: Any) -> None:
+    """Ask a worker process to quit, wait a little, then kill it; close its pipe."""
+    if process.is_alive():
+        try:
+            conn.send_bytes(_QUIT)
+        except OSError:
+            pass
+        process.join(timeout=5)
+        if process.is_alive():  # stuck in its device
+            process.kill()
+            process.join(timeout=5)
+    conn.close()
 
 
 def _describe(err: BaseException) -> str:
@@ -640,6 +764,20 @@ class DevicePool(_Pool):
                 raise
             self._executor = None
         super().__init__(pool_workers, name, timeout)
+
+    def _wait(self, shares: list[Any], timeout: float | None) -> list[Any]:
+        if self.mode == "threads":
+            return super()._wait(shares, timeout)
+        # a share that failed before it reached its process is finished: report it at once
+        finished = [share for share in shares if not isinstance(share, _ProcessShare) or share.error is not None]
+        if finished:
+            return finished
+        # one wait on every pipe and every process's sentinel: an answer, or a process that ended
+        by_handle = {}
+        for share in shares:
+            by_handle[share.conn] = by_handle[share.sentinel] = share
+        ready = mp_connection.wait(list(by_handle), timeout)
+        return list(dict.fromkeys(by_handle[handle] for handle in ready))
 
     def close(self) -> None:
         super().close()
