@@ -313,3 +313,24 @@ def _running(pid):
             return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has ended
     except FileNotFoundError:
         return False
+
+
+@pytest.mark.parametrize("mode", ["threads", "processes"])
+def test_an_interrupted_request_leaves_no_answer_behind_for_the_next(mode):
+    # Ctrl-C while worker 0 is 0.4 s into its share: its late answer must not be taken for its next share's
+    with DevicePool([Slow(), Elementwise()], mode=mode) as pool:
+        x = batch(8)
+        interrupt = threading.Timer(0.15, os.kill, args=(os.getpid(), signal.SIGINT))
+        interrupt.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                pool(x)
+        finally:
+            interrupt.join()
+        other = 2 * batch(8)  # other rows: a stale answer would show
+        assert torch.equal(pool(other), Elementwise()(other))
+        first, second = pool.status().workers
+        if mode == "processes":  # killed, and started afresh for the second request
+            assert first.restarts == 1 and first.alive and first.samples == 4 and second.samples == 8
+        else:  # the thread cannot be stopped: it sat the second request out
+            assert first.calls == 1 and first.samples == 0 and second.samples == 4 + 8

@@ -145,6 +145,15 @@ class _Worker:
         self.busy = future
         return False
 
+    def drop(self, future: Any) -> bool:
+        """Forget a share whose request ended early (an interrupt); True if that killed the worker.
+
+        By default as :meth:`abandon`: a thread sits out until its call
+        returns, a process is killed (its answer would otherwise be read as
+        the answer to its next share).
+        """
+        return self.abandon(future)
+
     def ready(self) -> bool:
         """Whether the worker can take a share (a thread still in an abandoned call cannot)."""
         busy = getattr(self, "busy", None)
@@ -383,6 +392,10 @@ class _ProcessWorker(_Worker):
         self.process.kill()  # the process this worker started; the next request starts another
         return True
 
+    def drop(self, future: Any) -> bool:
+        # a share on its way or being answered: its answer would be read as the next share's, so the process goes
+        return isinstance(future, _ProcessShare) and future.error is None and self.abandon(future)
+
     def restart(self) -> None:
         self._finalizer()
         self._start()
@@ -494,7 +507,8 @@ class _Pool:
 
         ``None`` for a worker whose process or actor is dead (its device went with it).
         """
-        return [worker.attribute(name) if worker.ledger.alive else None for worker in self._workers]
+        with self._lock:  # not between a share and its answer on a worker process's pipe
+            return [worker.attribute(name) if worker.ledger.alive else None for worker in self._workers]
 
     def close(self) -> None:
         """Stop the workers (processes, actors); the pool cannot be used afterwards."""
@@ -551,54 +565,62 @@ class _Pool:
             # the share goes, split, to the workers still in this request: idle or still running
             pending.extend(_split(start, stop, max(len(idle) + len(running), 1)))
 
-        while pending or running:
-            while pending and idle:
-                start, stop = pending.popleft()
-                worker = idle.popleft()
-                worker.ledger.calls += 1
-                share = x[start:stop]
-                try:
-                    future = worker.submit((share,) + rest)
-                except Exception as err:  # e.g. an input that cannot be pickled: the same on every worker
-                    future = futures.Future()
-                    future.set_exception(err)
-                deadline = math.inf if self.timeout is None else time.monotonic() + self.timeout
-                running[future] = (worker, start, stop, deadline)
-            if not running:
-                lost = sum(stop - start for start, stop in pending)
-                reasons = dict((w.ledger.worker, why) for w, why in failed)
-                for w in self._workers:
-                    if w not in available and not w.ledger.alive:
-                        reasons[w.ledger.worker] = f"dead and could not be restarted ({w.ledger.last_error})"
-                    elif w not in available:
-                        reasons[w.ledger.worker] = "still in a call abandoned after the timeout"
-                raise PoolError(
-                    f"{self.name}: every worker failed on this request, so {lost} of {rows} samples could not be "
-                    "evaluated and nothing of it is returned; "
-                    + "; ".join(f"{worker}: {why}" for worker, why in reasons.items())
-                    + ". The errors are the devices' own, or the worker died (see pool.status())"
-                )
-            first_deadline = min(deadline for *_, deadline in running.values())
-            wait = None if first_deadline == math.inf else max(first_deadline - time.monotonic(), 0.0)
-            done = self._wait(list(running), wait)
-            for future in done:
-                worker, start, stop, _ = running.pop(future)
-                try:
-                    output, seconds = future.result()
-                    output = _checked(output, stop - start)
-                except Exception as err:
-                    fail(worker, start, stop, _describe(err), worker.died(err))
-                    continue
-                worker.ledger.samples += stop - start
-                worker.ledger.seconds += seconds
-                outputs[start] = output
-                idle.append(worker)
-            now = time.monotonic()
-            for future in [f for f, (*_, deadline) in running.items() if deadline <= now]:
-                worker, start, stop, _ = running.pop(future)
-                # its late answer, if any, is never used: the share is evaluated elsewhere
-                why = f"no answer within the timeout of {self.timeout:g} s"
-                fail(worker, start, stop, why, worker.abandon(future), death="killed")
+        try:
+            while pending or running:
+                while pending and idle:
+                    start, stop = pending.popleft()
+                    worker = idle.popleft()
+                    worker.ledger.calls += 1
+                    share = x[start:stop]
+                    try:
+                        future = worker.submit((share,) + rest)
+                    except Exception as err:  # e.g. an input that cannot be pickled: the same on every worker
+                        future = futures.Future()
+                        future.set_exception(err)
+                    deadline = math.inf if self.timeout is None else time.monotonic() + self.timeout
+                    running[future] = (worker, start, stop, deadline)
+                if not running:
+                    lost = sum(stop - start for start, stop in pending)
+                    reasons = dict((w.ledger.worker, why) for w, why in failed)
+                    for w in self._workers:
+                        if w not in available and not w.ledger.alive:
+                            reasons[w.ledger.worker] = f"dead and could not be restarted ({w.ledger.last_error})"
+                        elif w not in available:
+                            reasons[w.ledger.worker] = "still in a call abandoned after the timeout"
+                    raise PoolError(
+                        f"{self.name}: every worker failed on this request, so {lost} of {rows} samples could not be "
+                        "evaluated and nothing of it is returned; "
+                        + "; ".join(f"{worker}: {why}" for worker, why in reasons.items())
+                        + ". The errors are the devices' own, or the worker died (see pool.status())"
+                    )
+                first_deadline = min(deadline for *_, deadline in running.values())
+                wait = None if first_deadline == math.inf else max(first_deadline - time.monotonic(), 0.0)
+                done = self._wait(list(running), wait)
+                for future in done:
+                    worker, start, stop, _ = running[future]  # still out until its answer is read whole
+                    try:
+                        output, seconds = future.result()
+                        output = _checked(output, stop - start)
+                    except Exception as err:
+                        del running[future]
+                        fail(worker, start, stop, _describe(err), worker.died(err))
+                        continue
+                    del running[future]
+                    worker.ledger.samples += stop - start
+                    worker.ledger.seconds += seconds
+                    outputs[start] = output
+                    idle.append(worker)
+                now = time.monotonic()
+                for future in [f for f, (*_, deadline) in running.items() if deadline <= now]:
+                    worker, start, stop, _ = running.pop(future)
+                    # its late answer, if any, is never used: the share is evaluated elsewhere
+                    why = f"no answer within the timeout of {self.timeout:g} s"
+                    fail(worker, start, stop, why, worker.abandon(future), death="killed")
+        except BaseException:  # interrupted (Ctrl-C): the shares still out must not answer a later request
+            for future, (worker, *_) in running.items():
+                if worker.drop(future):
+                    worker.ledger.alive = False
+            raise
         return outputs
 
 
@@ -817,6 +839,9 @@ class _RayWorker(_Worker):
     def abandon(self, future: futures.Future) -> bool:
         self.close()
         return True
+
+    def drop(self, future: Any) -> bool:
+        return False  # its answer goes to an object ref nobody reads; the actor's next call waits behind it
 
     def restart(self) -> None:
         self.actor = self.actor_class.options(**self.options).remote(self.factory)
