@@ -80,6 +80,61 @@ def test_the_gate_opens_for_a_good_model_once_enough_rows_were_scored():
     assert box.fidelity is good.fidelity or box.fidelity == good.fidelity
 
 
+def _twin_of(matrix):
+    """A twin that is the linear map ``matrix`` itself and never trains."""
+    model = nn.Linear(N, M, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(matrix)
+    return DigitalTwin(model=model, updates=0, step=1e-4, gate_rows=32)
+
+
+@pytest.mark.parametrize(
+    "prior, correction, share",
+    [(1.0, -2.0, 0.0), (0.5, 0.5, 1.0), (0.5, 1.5, 1 / 3)],
+    ids=["a-correction-that-only-harms", "a-correction-that-completes-the-prior", "an-overshooting-correction"],
+)
+def test_the_correction_passes_in_the_share_that_fits_held_out_rows(prior, correction, share):
+    # the device is A; the prior's twin is prior·A and the correction correction·A, neither trained:
+    # the held-out rows fit the share κ with prior + κ·correction = A wherever that lies in [0, 1]
+    estimator = structured(correction * A, updates=0, gate_rows=32, prior=_twin_of(prior * A))
+    box = bg.BlackBox(linear, estimator, calibrate=False)
+    for step in range(6):
+        x = batch(step).requires_grad_(True)
+        g = batch(step + 10)[:, :M]
+        box(x).backward(g)
+    assert estimator.correction_share.weights()[0].item() == pytest.approx(share, abs=1e-6)
+    expected = g @ ((prior + share * correction) * A)
+    assert torch.allclose(x.grad, expected, atol=1e-6)
+    if share > 0:  # the gate judged what passes: the device itself, once the share was fitted
+        assert torch.allclose(x.grad, g @ A, atol=1e-6) and estimator.gate_factor("inputs") == 1.0
+    restored = structured(correction * A, prior=_twin_of(prior * A))
+    restored.load_state_dict(copy.deepcopy(estimator.state_dict()))
+    assert torch.equal(restored.correction_share.weights(), estimator.correction_share.weights())
+
+
+def test_theta_is_scored_on_its_batch_sum_where_each_row_is_mostly_noise():
+    from blackgrad.estimators.fidelity import FidelityMonitor
+
+    generator = torch.Generator().manual_seed(3)
+    n, p, rows = 4, 3, 64
+    shared = torch.tensor([False] * n + [True] * p)
+    summed, by_row = FidelityMonitor(), FidelityMonitor()
+    for _ in range(40):
+        # every row moves θ along the batch's one direction, as a learned estimator's θ rows do
+        theta = torch.randint(0, 2, (p,), generator=generator).double() * 2 - 1
+        direction = torch.cat([torch.zeros(rows, n, dtype=torch.float64), theta.expand(rows, p)], 1)
+        vjp = 1.0 + 0.3 * torch.randn(rows, p, generator=generator, dtype=torch.float64)  # a common θ gradient
+        truth = vjp @ theta
+        measured = truth + 5.0 * torch.randn(rows, generator=generator, dtype=torch.float64)  # noise swamps each row
+        weight = torch.rand(rows, generator=generator, dtype=torch.float64) + 0.5
+        summed.score(truth, measured, direction, shared, weight=weight)
+        by_row.score(truth, measured, direction, shared)
+    # a perfect model: its θ gradient, summed as it is passed upstream, is the true one
+    assert summed.part("params").cosine > 0.9 and summed.factor("params") == 1.0
+    assert by_row.part("params").cosine < 0.5 and by_row.factor("params") == 0.0
+    assert summed.part("params").rows == by_row.part("params").rows == 40 * rows
+
+
 def test_fidelity_survives_state_dict():
     estimator = structured(0.5 * A, updates=1)
     box = bg.BlackBox(linear, estimator, calibrate=False)

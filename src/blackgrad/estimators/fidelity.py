@@ -13,11 +13,22 @@ power is taken out (at most halving it, so that an overestimated noise can
 at most raise a cosine by √2).
 
 The monitor keeps that running score for the inputs ``x`` and the device
-parameters ``θ`` apart (θ's gradient is summed over the batch, so a model's
-bias there adds up instead of averaging out), and turns it into a *gate*: the
+parameters ``θ`` apart, and turns it into a *gate*: the
 factor each part's VJP is passed upstream with.  With an optimiser such as
 Adam, which normalises the step, a gradient of noise moves the layers before
 the device as far as a true one; a closed gate leaves them where they are.
+
+θ is scored on what is passed upstream for it: its gradient summed over the
+batch, where a model's bias adds up instead of averaging out and each
+sample's measurement noise averages out instead of adding up.  Rows that
+moved θ along one direction ``ε`` together measure ``Σ_b g_bᵀ J_θ(b) ε``,
+the summed gradient's component along ``ε``, when their responses are
+summed (weighted by each row's ``|g_b|``); each such sum is one scored
+pair.  Row by row, on a noisy device, each row's noise swamps its share of
+the signal, and a good θ gradient scores below the gate.
+
+An estimator with a prior passes its correction of the prior in the share
+that fits held-out rows best (:class:`CorrectionShare`).
 """
 
 from __future__ import annotations
@@ -69,6 +80,80 @@ def check_gate(gate: Any, gate_rows: Any) -> tuple[float, float] | None:
     return float(gate[0]), float(gate[1])
 
 
+def _summed_by_direction(
+    predicted: Tensor, measured: Tensor, noise: Tensor, weight: Tensor, theta_direction: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Responses summed over the rows that share a θ direction: one ``(predicted, measured, noise)`` per direction.
+
+    Weighted by each row's ``weight`` and divided by the group's total
+    weight, so that each direction's pair is on the scale of one row and a
+    batch with larger gradients does not outweigh the rest; the noise
+    variances add with the squared weights.
+    """
+    _, group = torch.unique(theta_direction, dim=0, return_inverse=True)
+    total = torch.zeros(int(group.max()) + 1, dtype=weight.dtype, device=weight.device).index_add_(0, group, weight)
+    total = total.clamp(min=1e-30)
+
+    def summed(values: Tensor, power: int = 1) -> Tensor:
+        return torch.zeros_like(total).index_add_(0, group, weight.pow(power) * values) / total.pow(power)
+
+    return summed(predicted), summed(measured), summed(noise, 2)
+
+
+class CorrectionShare:
+    """How much of a learned correction to pass on top of its prior, per part: a least-squares weight.
+
+    An estimator with a prior (a twin) passes ``prior + κ · correction`` for
+    each part (inputs, θ) instead of their plain sum.  ``κ`` is the weight
+    that best fits held-out rows — scored before either model trained on
+    them — ``κ = Σ r c / Σ c²``, with ``r`` a row's measured response less
+    the prior's prediction and ``c`` the correction's prediction, clamped to
+    ``[0, 1]``.  Measurement noise in ``r`` is independent of ``c``, so it
+    averages out of the numerator: a correction that has only fitted noise
+    gets ``κ`` near 0 (the prior alone passes), one that explains what the
+    prior leaves gets ``κ`` near 1.  Running sums with the monitor's decay,
+    so that ``κ`` follows the correction as it learns.
+    """
+
+    DECAY = 0.9
+
+    def __init__(self) -> None:
+        self.sums = torch.zeros(len(PARTS), 2, dtype=torch.float64)  # Σ r·c, Σ c² per part
+
+    def weights(self) -> Tensor:
+        """``κ`` ``(2,)`` for (inputs, θ); 1 (the plain sum) for a part before any row."""
+        cross, power = self.sums[:, 0], self.sums[:, 1]
+        kappa = torch.where(power > 0, cross / power.clamp(min=1e-300), torch.ones_like(power))
+        return kappa.clamp(0.0, 1.0)
+
+    def add(self, residual: Tensor, correction: Tensor, moved: Tensor) -> None:
+        """Rows' ``residual`` ``(N,)``, the correction's part of each prediction ``(N, 2)``, and which parts each row moved ``(N, 2)``.
+
+        A row that moved both parts counts for both, each weight fitted on
+        its own term with the other's counted as noise (by default a
+        learned estimator's rows move one part each).
+        """
+        residual, correction = residual.detach().double(), correction.detach().double()
+        for index in range(len(PARTS)):
+            mask = moved[:, index]
+            if bool(mask.any()):
+                c = correction[mask, index]
+                added = torch.stack([(residual[mask] * c).sum(), c.pow(2).sum()]).cpu()
+                self.sums[index] = self.DECAY * self.sums[index] + added
+
+    def apply(self, grad: Tensor, prior: Tensor, shared: Tensor) -> Tensor:
+        """``prior + κ (grad − prior)`` per part, ``grad`` the whole estimate ``(B, d)`` (prior and correction)."""
+        kappa = self.weights().to(device=grad.device, dtype=grad.real.dtype)
+        factor = torch.where(shared.to(grad.device), kappa[1], kappa[0])
+        return prior + factor * (grad - prior)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": self.sums.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sums = state["sums"].clone()
+
+
 class FidelityMonitor:
     """Running fidelity per part, and the gate it sets.
 
@@ -101,7 +186,13 @@ class FidelityMonitor:
         return max(self.rows)
 
     def score(
-        self, predicted: Tensor, measured: Tensor, direction: Tensor, shared: Tensor | None, noise: Tensor | None = None
+        self,
+        predicted: Tensor,
+        measured: Tensor,
+        direction: Tensor,
+        shared: Tensor | None,
+        noise: Tensor | None = None,
+        weight: Tensor | None = None,
     ) -> None:
         """Add rows: the model's ``predicted`` and the ``measured`` responses ``(N,)``.
 
@@ -109,6 +200,10 @@ class FidelityMonitor:
         input, for the parameters if it moved any coordinate marked in
         ``shared`` ``(d,)`` (None: no parameters).  ``noise`` ``(N,)``: the
         variance the measurement noise adds to each measured response, if known.
+        ``weight`` ``(N,)``: each row's share of the batch sum (the norm of
+        the loss gradient it was measured with, the responses being of the
+        normalised gradient); with it, the parameters are scored on their
+        batch sum, one pair per θ direction (module docstring), else row by row.
         """
         predicted, measured = predicted.detach().double(), measured.detach().double()
         noise = torch.zeros_like(measured) if noise is None else noise.detach().double().to(measured.device)
@@ -116,12 +211,15 @@ class FidelityMonitor:
         shared = torch.zeros(moved.shape[1], dtype=torch.bool) if shared is None else shared
         shared = shared.to(moved.device)
         for index, mask in enumerate(((moved & ~shared).any(1), (moved & shared).any(1))):
-            p, t = predicted[mask], measured[mask]
-            if p.numel():
-                sums = torch.stack([(p * t).sum(), p.pow(2).sum(), t.pow(2).sum(), noise[mask].sum()]).cpu()
-                self.sums[index] = self.DECAY * self.sums[index] + sums
-                self.rows[index] += p.numel()
-                self._move_gate(index)
+            p, t, v = predicted[mask], measured[mask], noise[mask]
+            if not p.numel():
+                continue
+            if index == 1 and weight is not None:
+                p, t, v = _summed_by_direction(p, t, v, weight.detach().double()[mask], direction[mask][:, shared])
+            sums = torch.stack([(p * t).sum(), p.pow(2).sum(), t.pow(2).sum(), v.sum()]).cpu()
+            self.sums[index] = self.DECAY * self.sums[index] + sums
+            self.rows[index] += int(mask.sum())
+            self._move_gate(index)
 
     def score_spread(
         self, estimate: Tensor, responses: Tensor, directions: Tensor, shared: Tensor, baseline: Tensor | None = None

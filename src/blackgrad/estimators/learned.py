@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Estimator, ProberLike, VJPQuery, _check_option, check_positive, _directional_slopes, _make_generator
-from .fidelity import DEFAULT_GATE, Fidelity, FidelityMonitor
+from .fidelity import DEFAULT_GATE, CorrectionShare, Fidelity, FidelityMonitor
 
 TRAINING_LOSSES = ("mse", "cosine", "mse+cosine")
 
@@ -166,8 +166,10 @@ class LearnedEstimator(Estimator):
         gate_rows: probe rows to score before the gate may open.
         prior: a :class:`~blackgrad.estimators.DigitalTwin` fed the same
             forward data and probe rows, whose VJP the model corrects: the
-            estimate is the twin's plus the model's, and the model is
-            trained on what the twin's slopes leave unexplained.
+            model is trained on what the twin's slopes leave unexplained,
+            and the estimate is the twin's VJP plus the model's in the share
+            (per part, between 0 and 1) that fits the rows it had not trained
+            on best (:class:`~blackgrad.estimators.fidelity.CorrectionShare`).
         seed: seed of the estimator's generator (probes, minibatches, model init).
 
     Cost per ``vjp``: ``(⌊probes⌋·B + round(frac(probes)·B))`` evaluations, doubled
@@ -231,6 +233,7 @@ class LearnedEstimator(Estimator):
             raise TypeError(f"prior must be a DigitalTwin or None, got {prior!r}")
         self.prior = prior
         self.monitor = monitor
+        self.correction_share = CorrectionShare()  # used once a prior is set
         self._shared: Tensor | None = None  # (d,) which coordinates are θ, once known
 
     # ------------------------------------------------------- subclass hooks
@@ -276,8 +279,20 @@ class LearnedEstimator(Estimator):
             self.record(*self.probe(prober, query))
         self.update()
         with torch.no_grad():
-            grad = self.predict_vjp(query.alpha, query.grad_out)
+            grad = self.upstream_vjp(query.alpha, query.grad_out, query.shared)
         return self.gated(grad, query.shared)
+
+    def upstream_vjp(self, alpha: Tensor, grad_out: Tensor, shared: Tensor) -> Tensor:
+        """The VJP this estimator stands for, before its gate: ``(B, d)``.
+
+        The model's VJP; with a prior, the prior's plus the model's
+        correction in the share that fits held-out rows best, per part
+        (:class:`~blackgrad.estimators.fidelity.CorrectionShare`).
+        """
+        grad = self.predict_vjp(alpha, grad_out)
+        if self.prior is None:
+            return grad
+        return self.correction_share.apply(grad, self.prior.predict_vjp(alpha, grad_out), shared)
 
     def gated(self, grad: Tensor, shared: Tensor) -> Tensor:
         """What this estimator passes upstream for its model's VJP ``grad``: each part through its gate."""
@@ -317,12 +332,35 @@ class LearnedEstimator(Estimator):
         """The factor the VJP of ``part`` is passed upstream with (see ``gate``)."""
         return 1.0 if self._unscored else self.monitor.factor(part)
 
-    def _score(self, rows: dict[str, Tensor]) -> None:
-        """Score new probe rows, *before* the model has trained on them (:class:`FidelityMonitor`)."""
-        with torch.no_grad():
-            predicted = self.predict_response(rows)
+    def _score(self, rows: dict[str, Tensor], weight: Tensor | None = None) -> None:
+        """Score new probe rows, *before* the model has trained on them (:class:`FidelityMonitor`).
+
+        ``weight`` ``(N,)``: the norms of the rows' loss gradients (stored
+        normalised), so that θ is scored on its batch sum.  With a prior, the
+        rows also fit the correction's share, after they were scored with
+        the share as it was.
+        """
         measured = (rows["grad_out"] * rows["slope"]).sum(1)
-        self.monitor.score(predicted, measured, rows["direction"], self._shared, self._slope_noise(rows))
+        with torch.no_grad():
+            if self.prior is None:
+                predicted = self.predict_response(rows)
+            else:
+                predicted = self._score_share(rows, measured)
+        self.monitor.score(predicted, measured, rows["direction"], self._shared, self._slope_noise(rows), weight=weight)
+
+    def _score_share(self, rows: dict[str, Tensor], measured: Tensor) -> Tensor:
+        """The rows' predicted responses (the prior plus the correction's share); then the share learns from them."""
+        direction = rows["direction"]
+        shared = torch.zeros(direction.shape[1], dtype=torch.bool) if self._shared is None else self._shared
+        shared = shared.to(direction.device)
+        prior = self.prior.predict_vjp(rows["alpha"], rows["grad_out"])
+        correction = (self.predict_vjp(rows["alpha"], rows["grad_out"]) - prior) * direction
+        parts = torch.stack([correction[:, ~shared].sum(1), correction[:, shared].sum(1)], 1)  # (N, 2)
+        base = (prior * direction).sum(1)
+        predicted = base + (parts * self.correction_share.weights().to(parts)).sum(1)
+        moved = torch.stack([(direction[:, ~shared] != 0).any(1), (direction[:, shared] != 0).any(1)], 1)
+        self.correction_share.add(measured - base, parts, moved)
+        return predicted
 
     def _slope_noise(self, rows: dict[str, Tensor]) -> Tensor | None:
         """The variance the device's noise adds to each row's ``gᵀs`` (``g`` of unit norm), if calibrated.
@@ -446,7 +484,7 @@ class LearnedEstimator(Estimator):
         )
         if self.prior is not None:
             self.prior.record(alpha, direction, slope, grad_out, step=step, central=central)
-        self._score(rows)
+        self._score(rows, weight=scale.squeeze(1))
         self.buffer.add(**rows)
 
     def update(self) -> None:
@@ -497,6 +535,7 @@ class LearnedEstimator(Estimator):
             train_losses=list(self.train_losses),
             prior=None if self.prior is None else self.prior.state_dict(),
             fidelity=self.monitor.state_dict(),
+            correction_share=self.correction_share.state_dict(),
             shared=None if self._shared is None else self._shared.clone(),
         )
         return state
@@ -510,6 +549,8 @@ class LearnedEstimator(Estimator):
         if "fidelity" in state:  # absent from states saved before the monitor existed
             self.monitor.load_state_dict(state["fidelity"])
             self._shared = None if state["shared"] is None else state["shared"].clone()
+        if "correction_share" in state:  # absent from states saved before the share was fitted
+            self.correction_share.load_state_dict(state["correction_share"])
         if state["sizes"] is not None:
             model_state = state["model"]
             like = next(iter(model_state.values())) if model_state else torch.zeros(())

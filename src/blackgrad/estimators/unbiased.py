@@ -200,7 +200,7 @@ class Unbiased(Estimator):
         if learned:
             self.inner.prepare(query.dim, query.y.shape[1], alpha, shared=query.shared)
             with torch.no_grad():
-                estimate = self.inner.predict_vjp(alpha, query.grad_out)
+                estimate = self.inner.upstream_vjp(alpha, query.grad_out, query.shared)
         else:
             estimate = query.rows(self.inner.vjp(prober, query))
         if query.n_active == 0:
