@@ -21,7 +21,7 @@ the device as far as a true one; a closed gate leaves them where they are.
 θ is scored on what is passed upstream for it: its gradient summed over the
 batch, where a model's bias adds up instead of averaging out and each
 sample's measurement noise averages out instead of adding up.  Rows that
-moved θ along one direction ``ε`` together measure ``Σ_b g_bᵀ J_θ(b) ε``,
+moved θ alone, along one direction ``ε``, together measure ``Σ_b g_bᵀ J_θ(b) ε``,
 the summed gradient's component along ``ε``, when their responses are
 summed (weighted by each row's ``|g_b|``); each such sum is one scored
 pair.  Row by row, on a noisy device, each row's noise swamps its share of
@@ -202,20 +202,30 @@ class FidelityMonitor:
         variance the measurement noise adds to each measured response, if known.
         ``weight`` ``(N,)``: each row's share of the batch sum (the norm of
         the loss gradient it was measured with, the responses being of the
-        normalised gradient); with it, the parameters are scored on their
-        batch sum, one pair per θ direction (module docstring), else row by row.
+        normalised gradient); with it, the rows that moved θ alone are scored
+        on their sum, one pair per θ direction (module docstring).  Rows that
+        moved the inputs too (a twin's, an ``Unbiased`` wrapper's) are scored
+        one by one, as without ``weight``: summed, they let
+        ``Unbiased(DigitalTwin())`` train below readout only on three of the
+        benchmark's seven tasks (BENCHMARKS.md).
         """
         predicted, measured = predicted.detach().double(), measured.detach().double()
         noise = torch.zeros_like(measured) if noise is None else noise.detach().double().to(measured.device)
         moved = direction != 0
         shared = torch.zeros(moved.shape[1], dtype=torch.bool) if shared is None else shared
         shared = shared.to(moved.device)
-        for index, mask in enumerate(((moved & ~shared).any(1), (moved & shared).any(1))):
+        moved_inputs, moved_params = (moved & ~shared).any(1), (moved & shared).any(1)
+        for index, mask in enumerate((moved_inputs, moved_params)):
             p, t, v = predicted[mask], measured[mask], noise[mask]
             if not p.numel():
                 continue
             if index == 1 and weight is not None:
-                p, t, v = _summed_by_direction(p, t, v, weight.detach().double()[mask], direction[mask][:, shared])
+                alone = ~moved_inputs[mask]  # rows that moved θ alone are summed; rows that moved both stay rows
+                if bool(alone.any()):
+                    ps, ts, vs = _summed_by_direction(
+                        p[alone], t[alone], v[alone], weight.detach().double()[mask][alone], direction[mask][alone][:, shared]
+                    )
+                    p, t, v = torch.cat([ps, p[~alone]]), torch.cat([ts, t[~alone]]), torch.cat([vs, v[~alone]])
             sums = torch.stack([(p * t).sum(), p.pow(2).sum(), t.pow(2).sum(), v.sum()]).cpu()
             self.sums[index] = self.DECAY * self.sums[index] + sums
             self.rows[index] += int(mask.sum())
