@@ -31,15 +31,14 @@ def default_estimator(seed: int | None = 0) -> Estimator:
     With its defaults that is a :class:`~blackgrad.estimators.DigitalTwin`
     fitted to every forward batch (free) and one probe slope per sample (one
     evaluation), plus a learned Jacobian correction trained on what the
-    twin's slopes leave unexplained; it probes with the calibrated step and
+    twin's slopes leave unexplained and passed in the share that fits the
+    probe rows it had not trained on; it probes with the calibrated step and
     withholds its gradient while its fidelity is low.  In the benchmark's
     defaults section (``blackgrad bench --section defaults``: every
-    estimator's defaults on seven tasks, one seed) it reached 0.951–1.025 of
-    exact backprop's accuracy at 2 evaluations per sample and layer on the
-    six single-device tasks, but only 0.378 through three devices in series,
-    where learned estimators vary widely with their random streams
-    (``LearnedJacobian()`` 0.838 there, the twin alone 0.888–0.916 over
-    three seeds; BENCHMARKS.md).
+    estimator's defaults on seven tasks) it reached 0.954–1.008 of exact
+    backprop's accuracy at 2 evaluations per sample and layer on the six
+    single-device tasks over three seeds, and 0.789–0.919 through three
+    devices in series (BENCHMARKS.md).
     """
     return LearnedJacobian(seed=seed)
 
