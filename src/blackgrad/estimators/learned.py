@@ -264,6 +264,10 @@ class LearnedEstimator(Estimator):
         with torch.no_grad():
             return self.prior.twin_slope(rows["alpha"], rows["direction"], rows["step"], rows["central"])
 
+    def correction_vjp(self, alpha: Tensor, grad_out: Tensor) -> Tensor:
+        """The model's own VJP, the prior's left out: what the model adds to its prior, ``(B, d)``."""
+        return self.predict_vjp(alpha, grad_out) - self.prior_vjp(alpha, grad_out)
+
     def prior_vjp(self, alpha: Tensor, grad_out: Tensor) -> Tensor | float:
         """The prior's VJP, or 0 without a prior."""
         return 0.0 if self.prior is None else self.prior.predict_vjp(alpha, grad_out)
@@ -289,10 +293,10 @@ class LearnedEstimator(Estimator):
         correction in the share that fits held-out rows best, per part
         (:class:`~blackgrad.estimators.fidelity.CorrectionShare`).
         """
-        grad = self.predict_vjp(alpha, grad_out)
         if self.prior is None:
-            return grad
-        return self.correction_share.apply(grad, self.prior.predict_vjp(alpha, grad_out), shared)
+            return self.predict_vjp(alpha, grad_out)
+        prior = self.prior.predict_vjp(alpha, grad_out)  # once: the whole estimate below is the model's plus this
+        return self.correction_share.apply(self.correction_vjp(alpha, grad_out) + prior, prior, shared)
 
     def gated(self, grad: Tensor, shared: Tensor) -> Tensor:
         """What this estimator passes upstream for its model's VJP ``grad``: each part through its gate."""
@@ -354,7 +358,8 @@ class LearnedEstimator(Estimator):
         shared = torch.zeros(direction.shape[1], dtype=torch.bool) if self._shared is None else self._shared
         shared = shared.to(direction.device)
         prior = self.prior.predict_vjp(rows["alpha"], rows["grad_out"])
-        correction = (self.predict_vjp(rows["alpha"], rows["grad_out"]) - prior) * direction
+        whole = self.correction_vjp(rows["alpha"], rows["grad_out"]) + prior  # as upstream_vjp forms it
+        correction = (whole - prior) * direction
         parts = torch.stack([correction[:, ~shared].sum(1), correction[:, shared].sum(1)], 1)  # (N, 2)
         base = (prior * direction).sum(1)
         predicted = base + (parts * self.correction_share.weights().to(parts)).sum(1)

@@ -168,9 +168,12 @@ class LearnedJacobian(LearnedEstimator):
         return jacobian
 
     def predict_vjp(self, alpha: Tensor, grad_out: Tensor) -> Tensor:
+        return self.correction_vjp(alpha, grad_out) + self.prior_vjp(alpha, grad_out)
+
+    def correction_vjp(self, alpha: Tensor, grad_out: Tensor) -> Tensor:
         if isinstance(self.model, (_LowRankJacobian, _ScaledFactorsJacobian)):  # through the factors: (m + d)·r per row, not m·d
-            return self.model.vjp(alpha, grad_out) + self.prior_vjp(alpha, grad_out)
-        return torch.einsum("bm,bmd->bd", grad_out, self.jacobian(alpha)) + self.prior_vjp(alpha, grad_out)
+            return self.model.vjp(alpha, grad_out)
+        return torch.einsum("bm,bmd->bd", grad_out, self.jacobian(alpha))
 
     def predicted_slope(self, rows: dict[str, Tensor]) -> Tensor:
         """``Ĵ(α) ε``, the prior's slope included: ``(N, m)``."""

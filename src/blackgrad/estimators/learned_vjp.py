@@ -100,7 +100,10 @@ class LearnedVJP(LearnedEstimator):
         return BilinearVJP(d, m, self.rank, self.hidden, self.features, self.embedding, zero=self.prior is not None)
 
     def predict_vjp(self, alpha: Tensor, grad_out: Tensor) -> Tensor:
-        return self.model(alpha, grad_out) + self.prior_vjp(alpha, grad_out)
+        return self.correction_vjp(alpha, grad_out) + self.prior_vjp(alpha, grad_out)
+
+    def correction_vjp(self, alpha: Tensor, grad_out: Tensor) -> Tensor:
+        return self.model(alpha, grad_out)
 
     def _response(self, rows: dict[str, Tensor], grad: Tensor) -> Tensor:
         """``v̂(α, g)·ε`` for the rows' directions, the prior's ``gᵀ(slope)`` included."""
