@@ -148,3 +148,24 @@ def test_decay_weights_high_frequencies_down():
         MultiScaleFourier(1, decay=-1.0)
     with pytest.raises(ValueError):
         MultiScaleFourier(1, (1, 0))
+
+
+def test_unit_amplitudes_skip_the_product_bit_for_bit():
+    """Without decay the features skip the product by ones: the same bits, forward and backward,
+    as the general path; a state with other amplitudes loaded takes the general path again."""
+    torch.manual_seed(0)
+    features = MultiScaleFourier(3, scale=0.8)
+    general = MultiScaleFourier(3, scale=0.8)
+    general._unit_amplitudes = False  # the product by the (unit) amplitudes
+    z1 = torch.randn(5, 3, requires_grad=True)
+    z2 = z1.detach().clone().requires_grad_(True)
+    out1, out2 = features(z1), general(z2)
+    assert torch.equal(out1, out2)
+    grad = torch.randn_like(out1)
+    out1.backward(grad)
+    out2.backward(grad)
+    assert torch.equal(z1.grad, z2.grad)
+    decayed = MultiScaleFourier(3, scale=0.8, decay=1.0)
+    features.load_state_dict(decayed.state_dict())
+    assert not features._unit_amplitudes
+    assert torch.equal(features(z1), decayed(z1))

@@ -298,3 +298,35 @@ class _Module(torch.nn.Module):
 def test_slope_fit_is_checked():
     with pytest.raises(ValueError, match="unknown slope_fit 'secant'"):
         DigitalTwin(slope_weight=1.0, slope_fit="secant")
+
+
+def test_one_sided_twin_slopes_take_the_general_formula_bit_for_bit():
+    """Rows all one-sided skip the central case's torch.where: the same slopes and parameter
+    gradients, bit for bit, as the formula for mixed rows; a mixed batch still takes each row's scheme."""
+    torch.manual_seed(0)
+    twin = DigitalTwin(seed=0)
+    alpha = torch.rand(6, 4) * 2 - 1
+    twin.prepare(4, 3, alpha)
+    direction = torch.randint(0, 2, (6, 4)).float() * 2 - 1
+    step = torch.full((6,), 0.02)
+    central = torch.zeros(6, dtype=torch.bool)
+
+    def general(central: torch.Tensor) -> torch.Tensor:
+        h = step.unsqueeze(1)
+        start = torch.where(central.unsqueeze(1), alpha - h * direction, alpha)
+        ends = twin.model(torch.cat([start, alpha + h * direction])).reshape(2, 6, -1)
+        return (ends[1] - ends[0]) / torch.where(central.unsqueeze(1), 2 * h, h)
+
+    grads = []
+    for slope in (twin.twin_slope(alpha, direction, step, central), general(central)):
+        twin.model.zero_grad()
+        slope.pow(2).sum().backward()
+        grads.append([p.grad.clone() for p in twin.model.parameters()])
+    assert torch.equal(twin.twin_slope(alpha, direction, step, central), general(central))
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+    mixed = torch.tensor([True, False, True, False, False, True])
+    with torch.no_grad():
+        assert torch.equal(twin.twin_slope(alpha, direction, step, mixed), general(mixed))
+        h = 0.02
+        ends = twin.model(torch.cat([alpha - h * direction, alpha + h * direction]))
+        assert torch.allclose(twin.twin_slope(alpha, direction, step, mixed)[0], (ends[6] - ends[0]) / (2 * h))

@@ -150,6 +150,7 @@ class MultiScaleFourier(_InputScaled):
         self.decay = float(decay)
         lowest = min(float(m) for m in multiples)
         self.register_buffer("amplitudes", torch.tensor([(lowest / float(m)) ** self.decay for m in multiples]))
+        self._unit_amplitudes = bool((self.amplitudes == 1).all())
         self.in_features = int(in_features)
         self.out_features = self.in_features * (1 + 2 * len(multiples))
         grid = torch.tensor([float(m) for m in multiples]).expand(self.in_features, -1).clone()
@@ -165,8 +166,14 @@ class MultiScaleFourier(_InputScaled):
     def forward(self, z: Tensor) -> Tensor:
         omega = math.pi * self.multiples.to(z.dtype) / self._scale_for(z)
         angles = z.unsqueeze(-1) * omega
+        if getattr(self, "_unit_amplitudes", False):  # decay 0: a product by ones would change no bit, forward or backward
+            return torch.cat([z, torch.sin(angles).flatten(1), torch.cos(angles).flatten(1)], dim=1)
         amplitudes = self.amplitudes.to(z.dtype)
         return torch.cat([z, (torch.sin(angles) * amplitudes).flatten(1), (torch.cos(angles) * amplitudes).flatten(1)], dim=1)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._unit_amplitudes = bool((self.amplitudes == 1).all())
 
 
 class RandomFourierFeatures(_InputScaled):

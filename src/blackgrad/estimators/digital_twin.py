@@ -176,6 +176,9 @@ class DigitalTwin(LearnedEstimator):
         if self.slope_fit == "jvp":
             return torch.func.jvp(self.model, (alpha,), (direction,))[1]
         h = step.to(alpha.dtype).unsqueeze(1)
+        if not bool(central.any()):  # all one-sided (the default): what the torch.where below would pick
+            ends = self.model(torch.cat([alpha, alpha + h * direction])).reshape(2, alpha.shape[0], -1)
+            return (ends[1] - ends[0]) / h
         start = torch.where(central.unsqueeze(1), alpha - h * direction, alpha)
         ends = self.model(torch.cat([start, alpha + h * direction])).reshape(2, alpha.shape[0], -1)
         return (ends[1] - ends[0]) / torch.where(central.unsqueeze(1), 2 * h, h)
