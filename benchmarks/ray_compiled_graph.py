@@ -33,7 +33,12 @@ PER_SAMPLE = 0.0025
 
 
 class SampleBySample:
-    """The device of pool_speedup.py: ``PER_SAMPLE`` seconds per sample, one at a time."""
+    """The device of pool_speedup.py: ``PER_SAMPLE`` seconds per sample, one at a time.
+
+    A copy, not an import: Ray ships a class defined in the script by value,
+    while one imported from ``pool_speedup`` would have to be importable in
+    every actor's process, where ``benchmarks/`` is not on the path.
+    """
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         rows = []
