@@ -147,19 +147,46 @@ def test_fidelity_survives_state_dict():
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: DigitalTwin(hidden=(8,), probes=1.0, slope_weight=1.0, updates=3, step=1e-3),
-        lambda: DigitalTwin(hidden=(8,), updates=3, probes=0),
-        lambda: LearnedJacobian(hidden=(8,), updates=3, step=1e-3),
-        lambda: LearnedVJP(hidden=(8,), rank=4, updates=3, step=1e-3),
+        lambda **kw: DigitalTwin(hidden=(8,), probes=1.0, slope_weight=1.0, updates=3, step=1e-3, **kw),
+        lambda **kw: DigitalTwin(hidden=(8,), updates=3, probes=0, **kw),
+        lambda **kw: LearnedJacobian(hidden=(8,), updates=3, step=1e-3, **kw),
+        lambda **kw: LearnedVJP(hidden=(8,), rank=4, updates=3, step=1e-3, **kw),
     ],
 )
-def test_each_backward_pass_takes_exactly_the_stated_optimiser_steps(make):
-    estimator = make()
+@pytest.mark.parametrize("warmup, steps", [(0, [3, 3, 3]), (2, [12, 12, 3]), (None, [12, 12, 12])])
+def test_each_backward_pass_takes_exactly_the_stated_optimiser_steps(make, warmup, steps):
+    """``updates`` per backward pass, ``WARMUP_FACTOR`` (4) times as many in the first ``warmup`` (default 40)."""
+    estimator = make() if warmup is None else make(warmup=warmup)
     box = bg.BlackBox(torch.tanh, estimator, calibrate=False)
-    for step in range(2):
+    taken = []
+    for step in range(3):
+        before = len(estimator.train_losses)
         box(batch(step).requires_grad_(True)).sum().backward()
+        taken.append(len(estimator.train_losses) - before)
     # forward data and probe rows are only stored; training happens once, in the backward pass
-    assert len(estimator.train_losses) == 2 * 3
+    assert taken == steps
+    for prior in filter(None, [estimator.prior]):  # a twin prior warms up with its estimator
+        assert prior.warmup == estimator.warmup and prior.passes == 3
+
+
+def test_the_warm_up_resumes_where_a_saved_state_left_it():
+    estimator = LearnedJacobian(hidden=(8,), updates=2, warmup=2, step=1e-3)
+    box = bg.BlackBox(torch.tanh, estimator, calibrate=False)
+    box(batch(0).requires_grad_(True)).sum().backward()
+    restored = LearnedJacobian(hidden=(8,), updates=2, warmup=2, step=1e-3)
+    restored.load_state_dict(estimator.state_dict())
+    assert restored.passes == 1
+    box = bg.BlackBox(torch.tanh, restored, calibrate=False)
+    for step, expected in ((1, 8), (2, 2)):
+        before = len(restored.train_losses)
+        box(batch(step).requires_grad_(True)).sum().backward()
+        assert len(restored.train_losses) - before == expected
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, True, "40"])
+def test_bad_warmups_are_refused(bad):
+    with pytest.raises(ValueError, match="warmup must be a non-negative int"):
+        LearnedJacobian(warmup=bad)
 
 
 def test_a_twin_without_probes_is_not_gated_and_says_it_has_no_fidelity():

@@ -17,7 +17,8 @@ The lifecycle of a :class:`LearnedEstimator`, one backward pass at a time:
    model has never trained on them — and keeps the running
    :class:`Fidelity`;
 3. :meth:`~LearnedEstimator.update` takes ``updates`` optimiser steps on
-   replay minibatches: the one place training happens, once per ``vjp``;
+   replay minibatches (``WARMUP_FACTOR`` times as many in the first
+   ``warmup`` passes): the one place training happens, once per ``vjp``;
 4. the VJP comes from the model, at no further device cost, through the
    fidelity gate: while the model's fidelity is low it passes nothing
    upstream, so that an untrained model cannot wreck the layers before it
@@ -56,6 +57,9 @@ def training_loss(prediction: Tensor, target: Tensor, kind: str) -> Tensor:
     cosine = (1 - nn.functional.cosine_similarity(prediction, target, dim=-1, eps=1e-12)).mean()
     return cosine if kind == "cosine" else mse + cosine
 
+
+#: how many times ``updates`` a learned estimator takes in each of its first ``warmup`` backward passes
+WARMUP_FACTOR = 4
 
 #: replay minibatch rows by default, for a device up to ``REPLAY_NUMBERS / 256`` wide (``d + m``)
 DEFAULT_REPLAY_BATCH = 256
@@ -144,6 +148,14 @@ class LearnedEstimator(Estimator):
         loss: ``"mse"``, ``"cosine"`` or ``"mse+cosine"`` (:func:`training_loss`).
         lr: Adam learning rate of the model (ignored if ``optimizer`` is given).
         updates: optimiser steps at each backward pass.
+        warmup: backward passes at the start that take ``WARMUP_FACTOR`` (4)
+            times ``updates``.  A model starts knowing nothing, and its gate
+            keeps the layers before the device still until it predicts
+            probes it has not seen; the sooner it fits, the sooner they
+            train (digits through SHG and through the drifting device, two
+            random streams of three seeds each: +0.008 to +0.039 in mean
+            accuracy, BENCHMARKS.md).  The cost is that of ``3 · warmup ·
+            updates`` optimiser steps, once.  0: none.
         batch_size: replay minibatch size; None (default): 256 rows, fewer
             for a device so wide that they would hold more than
             ``REPLAY_NUMBERS`` numbers of ``α`` and ``y`` (64 at ``n = m = 4096``),
@@ -190,6 +202,7 @@ class LearnedEstimator(Estimator):
         loss: str = "mse",
         lr: float = 1e-3,
         updates: int = 8,
+        warmup: int = 40,
         batch_size: int | None = None,
         buffer: int = 8192,
         optimizer: Any = None,
@@ -207,6 +220,8 @@ class LearnedEstimator(Estimator):
         check_positive("lr", lr)
         if isinstance(updates, bool) or not isinstance(updates, int) or updates < 0:
             raise ValueError(f"updates must be a non-negative int, got {updates!r}")
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ValueError(f"warmup must be a non-negative int (backward passes), got {warmup!r}")
         check_positive("batch_size", batch_size, integer=True, allow_none=True)
         if model is not None and not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -223,6 +238,8 @@ class LearnedEstimator(Estimator):
         self.loss = loss
         self.lr = lr
         self.updates = updates
+        self.warmup = warmup
+        self.passes = 0  # backward passes trained so far (update calls): the warm-up counts them
         self.batch_size = batch_size
         self.buffer = _ReplayBuffer(buffer, max_bytes=BUFFER_BYTES)
         self._optimizer_factory = optimizer
@@ -496,10 +513,14 @@ class LearnedEstimator(Estimator):
         self.buffer.add(**rows)
 
     def update(self) -> None:
-        """Take this backward pass's ``updates`` optimiser steps (the prior's first): where training happens."""
+        """Take this backward pass's optimiser steps (the prior's first): where training happens.
+
+        ``updates`` of them, ``WARMUP_FACTOR`` times as many in the first ``warmup`` passes.
+        """
         if self.prior is not None:
             self.prior.update()
-        self.train(self.updates)
+        self.train(self.updates * (WARMUP_FACTOR if self.passes < self.warmup else 1))
+        self.passes += 1
 
     def learn(
         self, alpha: Tensor, direction: Tensor, slope: Tensor, grad_out: Tensor, step: float | None = None, central: bool | None = None
@@ -541,6 +562,7 @@ class LearnedEstimator(Estimator):
             model=None if self.model is None else {k: v.clone() for k, v in self.model.state_dict().items()},
             optimizer=None if self.optimizer is None else copy.deepcopy(self.optimizer.state_dict()),
             train_losses=list(self.train_losses),
+            passes=self.passes,
             prior=None if self.prior is None else self.prior.state_dict(),
             fidelity=self.monitor.state_dict(),
             correction_share=self.correction_share.state_dict(),
@@ -552,6 +574,8 @@ class LearnedEstimator(Estimator):
         super().load_state_dict(state)
         self.buffer.load_state_dict(state["buffer"])
         self.train_losses = list(state["train_losses"])
+        # absent from states saved before the warm-up existed: their estimators were past it
+        self.passes = int(state.get("passes", self.warmup))
         if self.prior is not None and state.get("prior") is not None:
             self.prior.load_state_dict(state["prior"])
         if "fidelity" in state:  # absent from states saved before the monitor existed
@@ -626,6 +650,7 @@ def resolve_prior(prior: Any, estimator: LearnedEstimator, hidden: tuple[int, ..
         scheme=estimator.scheme,
         lr=estimator.lr,
         updates=estimator.updates,
+        warmup=estimator.warmup,
         batch_size=estimator.batch_size,
         buffer=estimator.buffer.capacity,
         embedding=copy.deepcopy(estimator.embedding),
