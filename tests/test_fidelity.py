@@ -155,8 +155,16 @@ def test_fidelity_survives_state_dict():
 )
 @pytest.mark.parametrize("warmup, steps", [(0, [3, 3, 3]), (2, [12, 12, 3]), (None, [12, 12, 12])])
 def test_each_backward_pass_takes_exactly_the_stated_optimiser_steps(make, warmup, steps):
-    """``updates`` per backward pass, ``WARMUP_FACTOR`` (4) times as many in the first ``warmup`` (default 40)."""
+    """``updates`` per backward pass, ``WARMUP_FACTOR`` (4) times as many in the first ``warmup``.
+
+    By default 40 passes for the learned Jacobian and VJP (and their twin prior), none for a twin of its own.
+    """
     estimator = make() if warmup is None else make(warmup=warmup)
+    if warmup is None and isinstance(estimator, DigitalTwin):
+        assert estimator.warmup == 0
+        steps = [3, 3, 3]
+    elif warmup is None:
+        assert estimator.warmup == 40
     box = bg.BlackBox(torch.tanh, estimator, calibrate=False)
     taken = []
     for step in range(3):

@@ -54,6 +54,11 @@ class DigitalTwin(LearnedEstimator):
             per sample, no fidelity to gate on).
         slope_weight: weight of the slope-matching term on probe rows (default 1).
         slope_fit: ``"difference"`` or ``"jvp"``: how the twin's own slope is taken.
+        warmup: as for every learned estimator, but none by default for a
+            twin of its own: warmed up, ``DigitalTwin()`` fell on the stack
+            and through the drifting device, and ``Unbiased(DigitalTwin())``
+            on the 5-bit one (seed 0, BENCHMARKS.md).  A twin serving as a
+            learned Jacobian's or VJP's prior warms up with its estimator.
         (others: see :class:`~blackgrad.estimators.learned.LearnedEstimator`)
     """
 
@@ -72,13 +77,14 @@ class DigitalTwin(LearnedEstimator):
         slope_weight: float = 1.0,
         slope_fit: str = "difference",
         buffer: int = 8192,
+        warmup: int = 0,
         **options: Any,
     ) -> None:
         if isinstance(slope_weight, bool) or not isinstance(slope_weight, (int, float)) or not slope_weight >= 0 or slope_weight == float("inf"):
             raise ValueError(f"slope_weight must be a finite number >= 0, got {slope_weight!r}")
         if probes is None:  # one probe per sample whenever its slope would be used
             probes = 1.0 if online and slope_weight > 0 else 0.0
-        super().__init__(model=model, probes=probes, buffer=buffer, **options)
+        super().__init__(model=model, probes=probes, buffer=buffer, warmup=warmup, **options)
         if probes > 0 and (slope_weight <= 0 or not online):
             raise ValueError("DigitalTwin probes are only used with slope_weight > 0 and online=True; otherwise they would be paid for and thrown away")
         self.hidden = check_hidden(hidden)
