@@ -33,11 +33,12 @@ def default_estimator(seed: int | None = 0) -> Estimator:
     evaluation), plus a learned Jacobian correction trained on what the
     twin's slopes leave unexplained and passed in the share that fits the
     probe rows it had not trained on; it probes with the calibrated step and
-    withholds its gradient while its fidelity is low.  In the benchmark's
+    withholds its gradient while its fidelity is low; it takes four times
+    its updates in its first 40 backward passes.  In the benchmark's
     defaults section (``blackgrad bench --section defaults``: every
-    estimator's defaults on seven tasks) it reached 0.954–1.008 of exact
+    estimator's defaults on seven tasks) it reached 0.955–1.014 of exact
     backprop's accuracy at 2 evaluations per sample and layer on the six
-    single-device tasks over three seeds, and 0.789–0.919 through three
+    single-device tasks over three seeds, and 0.809–0.888 through three
     devices in series (BENCHMARKS.md).
     """
     return LearnedJacobian(seed=seed)
