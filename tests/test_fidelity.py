@@ -58,7 +58,8 @@ def test_the_gate_keeps_a_wrong_model_from_moving_the_upstream_layers():
     for step in range(3):
         model(batch(step)).pow(2).sum().backward()
     assert wrong.fidelity.cosine < -0.99
-    assert upstream.weight.grad.abs().max().item() == 0.0 and upstream.bias.grad.abs().max().item() == 0.0
+    # withheld, not zeroed: the optimiser skips the upstream layer and its state stays put
+    assert upstream.weight.grad is None and upstream.bias.grad is None
     # without the gate the same wrong model pushes the upstream layer the wrong way
     open_gate = structured(-A, updates=0, gate=None)
     loose = nn.Sequential(copy.deepcopy(upstream), bg.BlackBox(linear, open_gate, calibrate=False))
@@ -67,12 +68,35 @@ def test_the_gate_keeps_a_wrong_model_from_moving_the_upstream_layers():
     assert loose[0].weight.grad.abs().max().item() > 0
 
 
+def test_a_withheld_gradient_leaves_the_optimiser_state_where_it_was():
+    torch.manual_seed(0)
+    upstream, readout = nn.Linear(N, N).double(), nn.Linear(M, 1).double()
+    good = structured(A.clone(), updates=0, gate_rows=64)  # shut after 32 rows, open from 64
+    model = nn.Sequential(upstream, bg.BlackBox(linear, good, calibrate=False), readout)
+    optimiser = torch.optim.Adam(model.parameters(), lr=0.01)
+    before = copy.deepcopy(upstream.state_dict())
+    optimiser.zero_grad()
+    model(batch(0)).pow(2).sum().backward()
+    optimiser.step()
+    assert good.withholds("inputs") and upstream.weight.grad is None and upstream.bias.grad is None
+    # a zero would have stepped Adam for the upstream layer; None leaves it no state at all
+    assert upstream.weight not in optimiser.state and upstream.bias not in optimiser.state
+    assert all(torch.equal(value, upstream.state_dict()[key]) for key, value in before.items())
+    assert optimiser.state[readout.weight]["step"] == 1  # the layer after the device trained
+    optimiser.zero_grad()
+    model(batch(1)).pow(2).sum().backward()
+    optimiser.step()
+    assert not good.withholds("inputs") and upstream.weight.grad is not None
+    # the gate opened onto a fresh Adam state: the upstream layer's first step, bias-corrected as one
+    assert optimiser.state[upstream.weight]["step"] == 1 and optimiser.state[readout.weight]["step"] == 2
+
+
 def test_the_gate_opens_for_a_good_model_once_enough_rows_were_scored():
     good = structured(A.clone(), updates=0, gate_rows=64)
     box = bg.BlackBox(linear, good, calibrate=False)
     x = batch(3).requires_grad_(True)
     box(x).backward(torch.ones(32, M, dtype=torch.float64))
-    assert good.gate_factor() == 0.0 and x.grad.abs().max().item() == 0.0  # 32 of 64 rows: still closed
+    assert good.gate_factor() == 0.0 and x.grad is None  # 32 of 64 rows: still closed, the gradient withheld
     x.grad = None
     box(x).backward(torch.ones(32, M, dtype=torch.float64))
     assert good.fidelity.cosine > 0.999 and good.gate_factor() == 1.0
@@ -239,7 +263,7 @@ def test_inputs_and_parameters_are_scored_and_gated_apart():
     assert inputs.rows + params.rows == 3 * 32 and min(inputs.rows, params.rows) >= 16
     assert inputs.cosine > 0.999 and params.cosine < -0.999
     assert torch.allclose(x.grad, torch.ones(32, M, dtype=torch.float64) @ A, atol=1e-6)
-    assert box.params.grad.abs().max().item() == 0.0
+    assert estimator.withholds("params") and box.params.grad is None
 
 
 def test_the_twin_prior_starts_the_correction_at_zero_and_is_fed_the_same_data():
@@ -251,7 +275,10 @@ def test_the_twin_prior_starts_the_correction_at_zero_and_is_fed_the_same_data()
     box(x).backward(g)
     # the correction starts at J = 0: the estimate is the twin's VJP alone
     twin_vjp = estimator.prior.predict_vjp(x.detach(), g)
-    assert torch.allclose(x.grad, twin_vjp * estimator.gate_factor("inputs"))
+    inputs = torch.zeros(x.shape[1], dtype=torch.bool)  # no θ: every coordinate is an input
+    assert torch.allclose(estimator.upstream_vjp(x.detach(), g, inputs), twin_vjp)
+    # 32 rows scored, fewer than the gate needs: the box withheld that estimate
+    assert estimator.withholds("inputs") and x.grad is None
     assert len(estimator.prior.values) == 32 and len(estimator.prior.buffer) == len(estimator.buffer) == 32
     # a structure given by the user, or prior=None, means no twin
     assert LearnedJacobian(model=ConstantJacobian(M, N)).prior is None
@@ -287,7 +314,8 @@ def test_broyden_scores_its_one_jacobian_and_withholds_it_where_the_device_is_no
             box(x).backward(batch(seed + 10)[:, :M])
         assert estimator.fidelity.rows == 4 * 32
         assert (estimator.fidelity.cosine > 0.9) == opens
-        assert (x.grad.abs().max().item() > 0) == opens
+        assert (x.grad is None) == (not opens)  # withheld where shut
+        assert not opens or x.grad.abs().max().item() > 0
 
 
 def test_the_gate_opens_at_high_and_closes_only_below_low():
@@ -384,7 +412,8 @@ def _spread_run(estimator, d, m, rows, agree, passes=150, seed=0):
         if agree:  # samples whose gradients mostly agree, as in a trained model's batch
             g = torch.randn(1, m, dtype=torch.float64, generator=generator) + 0.3 * g
         box(x).backward(g)
-        cosines.append(nn.functional.cosine_similarity(x.grad.sum(0), (g @ matrix).sum(0), dim=0).item())
+        passed = torch.zeros_like(x) if x.grad is None else x.grad  # withheld: nothing passed, cosine 0
+        cosines.append(nn.functional.cosine_similarity(passed.sum(0), (g @ matrix).sum(0), dim=0).item())
     return box, torch.tensor(cosines)
 
 
@@ -401,7 +430,7 @@ def test_spsa_withholds_a_gradient_that_is_mostly_noise_and_passes_a_clear_one()
     assert noisy.fidelity.cosine < 0.4 and noisy.estimator.monitor.factor("inputs") == 0.0
     x = torch.randn(16, 64, dtype=torch.float64, requires_grad=True)
     noisy(x).sum().backward()
-    assert torch.count_nonzero(x.grad) == 0  # shut: nothing moves upstream
+    assert x.grad is None  # shut: the gradient is withheld, nothing moves upstream
     clear, cosines = _spread_run(bg.estimators.SPSA(step=1e-2, seed=1), 4, 4, 64, agree=True, passes=40)
     assert clear.fidelity.cosine > 0.6 and clear.estimator.monitor.factor("inputs") == 1.0
     assert cosines[-1] > 0.6 and torch.count_nonzero(clear.estimator.monitor.sums) > 0
@@ -449,6 +478,16 @@ def test_a_shut_unbiased_part_passes_its_inner_estimators_gradient():
     assert torch.allclose(x.grad, g @ weight)  # the twin's own VJP, not zero and not the correction
 
 
+def test_unbiased_withholds_a_part_where_it_falls_back_on_an_inner_estimator_that_withholds_it():
+    inner = DigitalTwin(model=nn.Linear(N, M, bias=False).double(), updates=0, step=1e-3, gate_rows=10**9)
+    estimator = bg.estimators.Unbiased(inner, seed=1, gate_rows=10**9)  # neither gate ever opens
+    box = bg.BlackBox(linear, estimator, calibrate=False)
+    x = batch(0, rows=8).requires_grad_(True)
+    box(x).backward(torch.ones(8, M, dtype=torch.float64))
+    assert estimator.monitor.factor("inputs") == 0.0 and inner.gate_factor("inputs") == 0.0
+    assert estimator.withholds("inputs") and x.grad is None
+
+
 def test_unbiased_scores_its_inner_gradient_on_the_spread_scale_and_passes_the_better():
     d, m, rows = 16, 8, 64
     generator = torch.Generator().manual_seed(3)
@@ -466,7 +505,7 @@ def test_unbiased_scores_its_inner_gradient_on_the_spread_scale_and_passes_the_b
         box(x).backward(g)
         inner_sum, exact_sum = (g @ twin.weight.detach()).sum(0), (g @ matrix).sum(0)
         true_cosines.append(nn.functional.cosine_similarity(inner_sum, exact_sum, dim=0).item())
-        passed_inner.append(torch.allclose(x.grad, g @ twin.weight.detach()))
+        passed_inner.append(x.grad is not None and torch.allclose(x.grad, g @ twin.weight.detach()))
     assert estimator.monitor.baseline_cosine("inputs") == pytest.approx(sum(true_cosines[-30:]) / 30, abs=0.08)
     # the part passes whichever scores higher: here the twin, once the gate has opened
     own, other = estimator.fidelity.cosine, estimator.monitor.baseline_cosine("inputs")

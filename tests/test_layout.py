@@ -34,8 +34,9 @@ def with_theta(x, theta):
         lambda: FiniteDifference(scheme="forward"),
         lambda: SPSA(directions=3, gate=None),
         lambda: LeastSquares(scheme="central"),
-        lambda: Broyden(probes=2),
-        lambda: DigitalTwin(),
+        # ungated, so that the first pass's gradients are passed (a shut gate withholds them)
+        lambda: Broyden(probes=2, gate=None),
+        lambda: DigitalTwin(gate=None),
         lambda: Unbiased(SPSA(gate=None)),
     ],
 )

@@ -285,12 +285,17 @@ def test_spsa_on_complex_inputs_is_unbiased():
 
 
 def test_a_learned_estimator_trains_on_complex_inputs():
-    box = bg.BlackBox(HOLOMORPHIC, DigitalTwin(hidden=(16,), updates=2), calibrate=False)
+    box = bg.BlackBox(HOLOMORPHIC, DigitalTwin(hidden=(16,), updates=2, gate=None), calibrate=False)
     for _ in range(2):
         z = torch.randn(4, 3, dtype=torch.complex64, requires_grad=True)
         box(z).real.sum().backward()
         assert z.grad.dtype == torch.complex64 and bool(torch.isfinite(torch.view_as_real(z.grad)).all())
     assert box.estimator.sizes == (6, 6)
+    # gated, a first pass withholds the complex gradient as it does a real one
+    gated = bg.BlackBox(HOLOMORPHIC, DigitalTwin(hidden=(16,), updates=2), calibrate=False)
+    z = torch.randn(4, 3, dtype=torch.complex64, requires_grad=True)
+    gated(z).real.sum().backward()
+    assert gated.estimator.withholds("inputs") and z.grad is None
 
 
 @pytest.mark.parametrize("estimator", [StraightThrough(), ComplexStep()], ids=["straight-through", "complex-step"])
@@ -357,7 +362,11 @@ def test_an_in_place_device_differentiated_by_exact_gives_the_right_gradient():
 # ------------------------------------------------------- item 5: inference mode
 @pytest.mark.parametrize(
     "make",
-    [lambda: DigitalTwin(hidden=(16,), updates=2), lambda: LearnedJacobian(updates=2), lambda: Unbiased(DigitalTwin(hidden=(16,), updates=2))],
+    [  # ungated, so that each backward pass passes a gradient to check
+        lambda: DigitalTwin(hidden=(16,), updates=2, gate=None),
+        lambda: LearnedJacobian(updates=2, gate=None),
+        lambda: Unbiased(DigitalTwin(hidden=(16,), updates=2, gate=None), gate=None),
+    ],
     ids=["twin", "learned-jacobian", "unbiased-twin"],
 )
 def test_inference_mode_forwards_are_observed_and_training_goes_on(make):

@@ -595,6 +595,13 @@ class BlackBox(nn.Module):
             grad_x, grad_theta = query.gradient(answer)
         except ValueError as err:
             raise RuntimeError(f"estimator {self.estimator!r} returned {err}") from None
+        # A part whose gate was shut is withheld, not zeroed: an optimiser skips a None
+        # gradient, where a zero would still advance its state (Adam's moments and step
+        # count, so that the part's first steps after its gate opens are far too large).
+        if grad_x is not None and self.estimator.withholds("inputs"):
+            grad_x = None
+        if grad_theta is not None and self.estimator.withholds("params"):
+            grad_theta = None
         if self._estimates_from_readings and (
             (grad_x is not None and not all_finite(grad_x)) or (grad_theta is not None and not all_finite(grad_theta))
         ):

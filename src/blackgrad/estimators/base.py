@@ -32,6 +32,12 @@ The methods:
 ``observe(alpha, y)``
     is offered every forward batch evaluated in training mode, at no device
     cost: forward data is free data for learned and secant estimators.
+``withholds(part) -> bool``
+    whether the last ``vjp`` withheld ``part``'s gradient (``"inputs"`` or
+    ``"params"``): a :class:`~blackgrad.BlackBox` then passes no gradient
+    (None) for that part instead of the zeros ``vjp`` returned for it, so
+    that an optimiser leaves the parameters before the device, and its own
+    state for them, where they were.  The default withholds nothing.
 ``probe_cost(d, m, batch) -> int``
     the number of probe evaluations one ``vjp`` call spends, for ``d`` active
     coordinates; the ledger agrees with it exactly (tests check this).
@@ -513,6 +519,15 @@ class Estimator(abc.ABC):
     @abc.abstractmethod
     def vjp(self, prober: ProberLike, query: VJPQuery) -> Tensor:
         """Return the estimated ``grad_out ⋅ J(α)`` of shape ``(B, d)``, evaluating the device through ``prober`` only."""
+
+    def withholds(self, part: str) -> bool:
+        """Whether the last :meth:`vjp` withheld ``part``'s gradient (``"inputs"`` or ``"params"``).
+
+        An estimator whose gate was shut for a part returns zeros there; saying
+        so lets the box pass None instead, which an optimiser skips, where a
+        zero would still advance its state (Adam's moments and step count).
+        """
+        return False
 
     @abc.abstractmethod
     def probe_cost(self, d: int, m: int, batch: int) -> int:

@@ -118,6 +118,9 @@ class Broyden(Estimator):
         grad = query.grad_out @ jacobian
         return grad if self.probes == 0 else self.monitor.apply(grad, query.shared)
 
+    def withholds(self, part: str) -> bool:
+        return self.probes > 0 and self.monitor.factor(part) == 0
+
     @property
     def fidelity(self) -> Fidelity | None:
         """The running fidelity of the Jacobian on the inputs' probes, before it learned from them."""

@@ -162,7 +162,12 @@ class FidelityMonitor:
     only if it falls below ``low``.  Not a ramp, and not a flicker: Adam
     normalises the step, so a VJP scaled by 0.2 moves the layers as far as the
     whole one, and a gradient that follows a run of zeros (its second-moment
-    estimate decayed) moves them further still.
+    estimate decayed) moves them further still.  A shut part's VJP is zero
+    here (:meth:`apply`); the estimator then says it withholds the part
+    (:meth:`~blackgrad.estimators.Estimator.withholds`), and a
+    :class:`~blackgrad.BlackBox` passes None for it, so that the optimiser
+    skips the layers before the device and keeps no state for them until
+    the gate opens.
 
     Args:
         gate: ``(low, high)`` fidelity cosines (see above); None: never gated.

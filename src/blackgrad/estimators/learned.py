@@ -20,8 +20,9 @@ The lifecycle of a :class:`LearnedEstimator`, one backward pass at a time:
    replay minibatches (``WARMUP_FACTOR`` times as many in the first
    ``warmup`` passes): the one place training happens, once per ``vjp``;
 4. the VJP comes from the model, at no further device cost, through the
-   fidelity gate: while the model's fidelity is low it passes nothing
-   upstream, so that an untrained model cannot wreck the layers before it
+   fidelity gate: while the model's fidelity is low it withholds the VJP
+   (:meth:`~LearnedEstimator.withholds`: the box passes None upstream), so
+   that an untrained model cannot wreck the layers before it
    (:class:`~blackgrad.estimators.fidelity.FidelityMonitor`).
 """
 
@@ -171,8 +172,9 @@ class LearnedEstimator(Estimator):
             Fourier features whose scale is taken from the first inputs
             (:func:`auto_embedding`); None: the raw ``α``.  Ignored when
             ``model`` is given.
-        gate: ``(low, high)`` fidelity cosines: the VJP passed upstream is
-            zero until ``gate_rows`` probe rows were scored and the fidelity
+        gate: ``(low, high)`` fidelity cosines: the VJP is withheld (the
+            box passes None, which an optimiser skips) until ``gate_rows``
+            probe rows were scored and the fidelity
             reached ``high``, and again if it falls below ``low`` (per part;
             see :class:`~blackgrad.estimators.fidelity.FidelityMonitor`).
             None: never gated.  An estimator that gets no probe rows at all
@@ -354,6 +356,9 @@ class LearnedEstimator(Estimator):
     def gate_factor(self, part: str = "inputs") -> float:
         """The factor the VJP of ``part`` is passed upstream with (see ``gate``)."""
         return 1.0 if self._unscored else self.monitor.factor(part)
+
+    def withholds(self, part: str) -> bool:
+        return self.gate_factor(part) == 0
 
     def _score(self, rows: dict[str, Tensor], weight: Tensor | None = None) -> None:
         """Score new probe rows, *before* the model has trained on them (:class:`FidelityMonitor`).

@@ -91,6 +91,9 @@ class SPSA(Estimator):
         self.monitor.score_spread(estimate, along, delta, query.shared)
         return self.monitor.apply(estimate, query.shared)
 
+    def withholds(self, part: str) -> bool:
+        return self.monitor.factor(part) == 0
+
     @property
     def fidelity(self) -> Fidelity | None:
         """The running self-scored fidelity of the inputs' batch-summed estimate (None before any)."""

@@ -97,8 +97,8 @@ class Unbiased(Estimator):
     inner estimator alone would pass, scored on the same scale (the
     batch-summed gradients against the corrected estimate, which is
     unbiased).  Otherwise the part passes the inner estimator's gradient (a
-    learned inner estimator's VJP through its own gate, so zero while that is
-    shut too): never much worse than the inner estimator, but not unbiased.
+    learned inner estimator's VJP through its own gate, so withheld while
+    that is shut too): never much worse than the inner estimator, but not unbiased.
     ``gate=None`` keeps the estimate unbiased at every pass, whatever its
     variance.
 
@@ -168,6 +168,7 @@ class Unbiased(Estimator):
         self._c = self.START if self.coefficient == "optimal" else self.coefficient
         self._cross = 0.0  # running Σ (X − c·v)·(Y − v)
         self._power = 0.0  # running Σ |Y − v|²
+        self._fell_back = {"inputs": False, "params": False}  # the last pass's choice, per part
 
     @property
     def antithetic(self) -> bool:
@@ -195,6 +196,7 @@ class Unbiased(Estimator):
         self.inner.observe(alpha, y)
 
     def vjp(self, prober: ProberLike, query: VJPQuery) -> Tensor:
+        self._fell_back = {"inputs": False, "params": False}
         alpha, k, batch = query.alpha, self.directions, query.batch
         learned = isinstance(self.inner, LearnedEstimator)
         if learned:
@@ -240,8 +242,13 @@ class Unbiased(Estimator):
         for part in ("inputs", "params"):
             own, other = self.monitor.part(part), self.monitor.baseline_cosine(part)
             better = own is not None and (other is None or own.cosine >= other)
-            parts.append(corrected if self.monitor.factor(part) and better else fallback)
+            self._fell_back[part] = not (self.monitor.factor(part) and better)
+            parts.append(fallback if self._fell_back[part] else corrected)
         return torch.where(shared, parts[1], parts[0])
+
+    def withholds(self, part: str) -> bool:
+        """Where it passed the inner estimator's answer, it withholds what the inner one withheld."""
+        return self._fell_back[part] and self.inner.withholds(part)
 
     @property
     def fidelity(self) -> Fidelity | None:
