@@ -36,9 +36,9 @@ def default_estimator(seed: int | None = 0) -> Estimator:
     withholds its gradient while its fidelity is low; it takes four times
     its updates in its first 40 backward passes.  In the benchmark's
     defaults section (``blackgrad bench --section defaults``: every
-    estimator's defaults on seven tasks) it reached 0.955–1.014 of exact
+    estimator's defaults on seven tasks) it reached 0.963–1.018 of exact
     backprop's accuracy at 2 evaluations per sample and layer on the six
-    single-device tasks over three seeds, and 0.809–0.888 through three
+    single-device tasks over three seeds, and 0.832–0.991 through three
     devices in series (BENCHMARKS.md).
     """
     return LearnedJacobian(seed=seed)
