@@ -825,6 +825,7 @@ class _RayWorker(_Worker):
         self.serve_ref: Any = None  # the actor's serving loop, a Ray call that ends (with an error) when the actor dies
         self.seq = 0  # the number of the latest message sent on the channel; answers to older ones are dropped
         self.waiting: "_ChannelShare | None" = None  # the message whose answer is awaited
+        self.gone = False  # its serving call was seen ended at the start of a request
         self.actor = self.actor_class.options(**self.options).remote(self.factory)
 
     def wait_started(self) -> None:
@@ -927,6 +928,10 @@ class _RayWorker(_Worker):
     def submit(self, args: tuple[Any, ...]) -> Any:
         body = _dumps(tuple(_pack(a) for a in args))
         if self.channel is not None:
+            if self.gone:  # dead already (a process may serve on for a moment after Ray has called it dead)
+                share = _ChannelShare(self, b"")
+                share.error = self._death()
+                return share
             return self.send(_EVALUATE, body)
         return _RayShare(self.ray, self.actor.evaluate.remote(body))
 
@@ -945,7 +950,7 @@ class _RayWorker(_Worker):
 
     def restart(self) -> None:
         self.close()
-        self.seq, self.waiting, self.serve_ref = 0, None, None
+        self.seq, self.waiting, self.serve_ref, self.gone = 0, None, None, False
         self.actor = self.actor_class.options(**self.options).remote(self.factory)
         self.wait_started()
 
@@ -1262,6 +1267,15 @@ class RayPool(_Pool):
         by_ref = {share.ref: share for share in shares}
         ready, _ = self._ray.wait(list(by_ref), num_returns=1, timeout=timeout, fetch_local=True)
         return [by_ref[ref] for ref in ready]
+
+    def _run(self, x: Any, rest: tuple[Any, ...], rows: int) -> dict[int, Any]:
+        if self._channel is not None:  # one question to Ray per request: which actors have died since the last
+            watched = {w.serve_ref: w for w in self._workers if w.ledger.alive and w.serve_ref is not None}
+            if watched:
+                ready, _ = self._ray.wait(list(watched), num_returns=len(watched), timeout=0, fetch_local=False)
+                for ref in ready:
+                    watched[ref].gone = True
+        return super()._run(x, rest, rows)
 
     def _wait_channels(self, shares: list[Any], timeout: float | None) -> list[Any]:
         """One ``zmq.Poller`` on every channel with a share out; between answers, ask Ray which actors died."""
