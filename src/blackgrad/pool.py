@@ -1015,7 +1015,7 @@ class _Channel:
         self.node_ip = ray.util.get_node_ip_address()
 
     def close(self) -> None:
-        self.context.term()  # every socket is closed by now, with no linger: no wait
+        self.context.destroy(linger=0)  # closes any socket still open (none should be), then ends the context
 
 
 class _ChannelShare:
