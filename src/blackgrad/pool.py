@@ -862,7 +862,8 @@ class _RayWorker(_Worker):
         self.socket.setsockopt(channel.zmq.LINGER, 0)
         self.socket.connect(address)
         self.address = address
-        left = max(self.start_timeout - (time.monotonic() - started), 1.0)
+        # the actor is up and serving: only the network is left to wait for
+        left = min(max(self.start_timeout - (time.monotonic() - started), 1.0), _CHANNEL_TIMEOUT)
         try:
             self.request(_PING, b"", timeout=left)
         except TimeoutError as err:
@@ -979,6 +980,8 @@ class _RayWorker(_Worker):
 # or feed the pool an answer.  The bodies are signed, not encrypted.
 _PING = b"P"
 _SEQ = struct.Struct(">Q")
+#: the longest (s) a pool waits for a started actor's channel to answer its first message
+_CHANNEL_TIMEOUT = 30.0
 #: how often (s) a pool waiting on its channels without an answer asks Ray whether an actor has died
 _DEATH_CHECK = 0.05
 
