@@ -124,6 +124,32 @@ def test_a_message_without_the_pools_key_is_refused_unread(local_ray):
         assert pickle.loads(body)[0].array.shape == (4, 4)
 
 
+def test_a_signed_message_sent_again_is_not_evaluated_again(local_ray):
+    import zmq
+
+    from blackgrad.pool import _EVALUATE, _SEQ, _dumps, _pack, _sign
+
+    with RayPool(Elementwise, workers=1, actor_options={"num_cpus": 0.5}) as pool:
+        worker = pool._workers[0]
+        x = batch(4)
+        assert torch.equal(pool(x), Elementwise()(x))
+        assert pool.worker_attribute("evaluated") == [4]
+        # the request the pool just sent, as someone who captured it on the network would send it again
+        body = _dumps((_pack(x),))
+        for number in (worker.seq - 1, 1):  # the evaluation's own number, and the ping's before it
+            head = _EVALUATE + _SEQ.pack(number)
+            replayer = worker.channel.context.socket(zmq.DEALER)
+            replayer.setsockopt(zmq.LINGER, 0)
+            replayer.connect(worker.address)
+            try:
+                replayer.send_multipart([head, _sign(worker.channel.key, head, body), body])
+                assert replayer.poll(500) == 0  # no answer
+            finally:
+                replayer.close()
+        assert pool.worker_attribute("evaluated") == [4]  # not evaluated again
+        assert torch.equal(pool(x), Elementwise()(x)) and pool.worker_attribute("evaluated") == [8]
+
+
 def test_an_actor_that_died_between_requests_is_noticed_and_its_share_retried(local_ray):
     with RayPool(Elementwise, workers=2, actor_options={"num_cpus": 0.5}) as pool:
         x = batch(6)

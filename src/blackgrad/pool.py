@@ -1051,8 +1051,11 @@ class _ChannelShare:
 def _serve_channel(socket: Any, zmq: Any, key: bytes, device: Any) -> None:
     """In the actor: answer the pool's messages on ``socket`` (a ROUTER) until it says quit.
 
-    A message without the pool's MAC is dropped unread and unanswered.
+    A message without the pool's MAC is dropped unread and unanswered, and so
+    is one whose number is not above the last one answered: a signed message
+    captured on the network and sent again is not evaluated twice.
     """
+    last = 0  # the number of the last message answered; the pool numbers its messages 1, 2, ...
     while True:  # ends with _QUIT, or with the actor (killed by the pool, or its driver gone)
         if not socket.poll(1000):
             continue
@@ -1062,6 +1065,10 @@ def _serve_channel(socket: Any, zmq: Any, key: bytes, device: Any) -> None:
         peer, head, mac, body = frames
         if not hmac.compare_digest(mac, _sign(key, head, body)):
             continue
+        number = _SEQ.unpack(head[1:])[0]
+        if number <= last:
+            continue  # a replay (or a copy delayed past newer messages)
+        last = number
         tag = head[:1]
         try:
             if tag == _EVALUATE:
@@ -1193,7 +1200,8 @@ class RayPool(_Pool):
             far less per share than a Ray call (the ``blackgrad[remote]``
             extra; every message is signed with a random key of the pool's,
             checked before anything is unpickled, so nobody else on the
-            network can drive the devices; the data is not encrypted).
+            network can drive the devices, and numbered, so that a captured
+            message sent again is not evaluated; the data is not encrypted).
             ``"ray"``: every share is a Ray actor call.  ``"auto"`` (the
             default): ``"zmq"`` if pyzmq is installed and the pool is not on a
             Ray Client (``ray://``) connection, whose driver usually cannot
