@@ -15,7 +15,8 @@ a call down), and the overhead: the fastest time beyond the device's own
 for the largest share.  The plain device called directly is the reference
 row; with Ray, bare actors holding the device, called directly with equal
 shares and gathered with one ``ray.get``, give the floor of what Ray itself
-costs for the same requests.  Every pool's output is checked equal to the
+costs for the same requests; RayPool has a row per transport (its shares over
+each actor's ZeroMQ channel, or as Ray actor calls).  Every pool's output is checked equal to the
 plain device's.
 
     python benchmarks/pool_speedup.py [--workers 8] [--batch 64] [--repeats 20] [--no-ray]
@@ -46,6 +47,8 @@ PER_SAMPLE = 0.0025
 TARGET = 6.0
 #: the rows of plain Ray actors called directly, without a pool
 BARE = "ray, bare actors (no pool)"
+#: RayPool's transports, each a row: shares over each actor's ZeroMQ channel, or as Ray actor calls
+TRANSPORTS = {"zmq": "zmq channel", "ray": "ray calls"}
 
 
 class SampleBySample:
@@ -128,10 +131,12 @@ def main() -> None:
         configurations.append(("threads", k, DevicePool(factory=SampleBySample, workers=k)))
         configurations.append(("processes", k, DevicePool(factory=SampleBySample, workers=k, mode="processes")))
         if not args.no_ray:
-            # the device waits rather than computes: the 1 + 8 pool actors and the 1 + 8 bare ones share the two CPUs
-            configurations.append(("ray", k, RayPool(SampleBySample, workers=k, actor_options={"num_cpus": 0.2})))
+            # the device waits rather than computes: the 2 x (1 + 8) pool actors and the 1 + 8 bare ones share the two CPUs
+            for transport in TRANSPORTS:
+                pool = RayPool(SampleBySample, workers=k, actor_options={"num_cpus": 0.1}, transport=transport)
+                configurations.append((f"ray ({TRANSPORTS[transport]})", k, pool))
             configurations.append((BARE, k, BareActors(ray, k, {"num_cpus": 0.02})))
-    kinds = ["plain device (no pool)", "threads", "processes", "ray", BARE]
+    kinds = ["plain device (no pool)", "threads", "processes", *(f"ray ({t})" for t in TRANSPORTS.values()), BARE]
     configurations.sort(key=lambda c: kinds.index(c[0]))
     for _, _, pool in configurations:
         assert torch.equal(pool(x), reference), "a pool's output differs from the plain device's"  # and warms it up

@@ -9,7 +9,8 @@ timed ``--calls`` times, the kinds taking turns call by call:
 * ``bare actors``: plain actors holding the device, called directly with
   their share as a numpy array, gathered with one ``ray.get``;
 * ``RayPool``: the same request through the pool (shares, packing, ledger,
-  fault handling).
+  fault handling), once per transport: ``zmq`` (each actor's ZeroMQ channel)
+  and ``ray`` (a Ray actor call per share).
 
 Each is timed right after the previous call (``gap 0``) and after the
 calling process has slept ``--gap`` seconds, as a trainer's compute or the
@@ -80,11 +81,13 @@ def main() -> None:
             shares = torch.tensor_split(x, len(actors))
             return torch.from_numpy(np.concatenate(ray.get([a.run.remote(s.numpy()) for a, s in zip(actors, shares)])))
 
-        pool = RayPool(Echo, workers=k, actor_options={"num_cpus": 0.05})
-        assert torch.equal(bare(x), x) and torch.equal(pool(x), x)
         kinds[("ping", k)] = ping
         kinds[("bare actors", k)] = bare
-        kinds[("RayPool", k)] = pool
+        assert torch.equal(bare(x), x)
+        for transport in ("zmq", "ray"):  # the shares over each actor's ZeroMQ channel, or as Ray actor calls
+            pool = RayPool(Echo, workers=k, actor_options={"num_cpus": 0.05}, transport=transport)
+            assert torch.equal(pool(x), x)
+            kinds[(f"RayPool ({transport})", k)] = pool
     times = {(kind, k, gap): [] for (kind, k) in kinds for gap in (0.0, args.gap)}
     for _ in range(args.calls):
         for (kind, k), call in kinds.items():
@@ -101,7 +104,7 @@ def main() -> None:
               f"| {statistics.median(cold) * 1e3:.2f} | {min(cold) * 1e3:.2f} |")
     print(f"\nload average {os.getloadavg()[0]:.2f} at end")
     for (kind, _), call in kinds.items():
-        if kind == "RayPool":
+        if kind.startswith("RayPool"):
             call.close()
     ray.shutdown()
 
