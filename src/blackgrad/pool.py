@@ -1197,7 +1197,7 @@ class RayPool(_Pool):
             Ray places and watches the actors, but each actor, once started,
             binds a ZeroMQ socket (on loopback if it runs on the pool's node,
             else on its node's IP, a random port) and the shares go over it —
-            far less per share than a Ray call (the ``blackgrad[remote]``
+            far less per share than a Ray call (pyzmq, in the ``blackgrad[ray]``
             extra; every message is signed with a random key of the pool's,
             checked before anything is unpickled, so nobody else on the
             network can drive the devices, and numbered, so that a captured
@@ -1338,7 +1338,7 @@ def _ray_transport(ray: Any, transport: str) -> str:
             try:
                 import zmq  # noqa: F401
             except ImportError as err:
-                raise ImportError("RayPool(transport='zmq') needs pyzmq: pip install 'blackgrad[remote]'") from err
+                raise ImportError("RayPool(transport='zmq') needs pyzmq: pip install 'blackgrad[ray]'") from err
         return transport
     try:
         import zmq  # noqa: F401
