@@ -4,15 +4,18 @@ The device is ``tanh(W x)`` with a random ``W`` of ``n × n`` (``n = m``),
 the batch 32, one thread.  For each estimator and size a fresh subprocess
 builds ``BlackBox(device, Estimator(), calibrate=False)`` and takes
 ``--steps`` training steps (forward, a loss, backward: the estimator's probes
-and its online training); it prints the first step's time, the median of the
-later ones and of their CPU time (one thread: on a machine shared with other
-jobs, the time the step would take on an idle core), and the process's peak resident memory (``ru_maxrss``) beside
-what it held before the first step (torch, the device's ``W``, the batch), so
-that their difference is what the estimator itself needed, and of that the
-replay buffers, allocated whole (and zeroed) when the first rows arrive: the
-peak already holds them at their full size, as it will after any number of
-steps.  A configuration
-that takes longer than ``--timeout`` seconds is reported as such.
+and its online training) after the estimator's warm-up (``warmup`` backward
+passes at the start that train ``WARMUP_FACTOR`` times as much); it prints
+the first step's time, the median of the other warm-up steps, the median of
+the steps after the warm-up and of their CPU time (one thread: on a machine
+shared with other jobs, the time the step would take on an idle core), and
+the process's peak resident memory (``ru_maxrss``) beside what it held
+before the first step (torch, the device's ``W``, the batch), so that their
+difference is what the estimator itself needed, and the size of its replay
+buffers, allocated whole but empty when the first rows arrive: their pages
+become resident as rows are written, so the peak holds the buffers' rows so
+far, at most their full size.  A configuration that takes longer than
+``--timeout`` seconds is reported as such.
 
     python benchmarks/learned_scaling.py [--sizes 256 1024 4096] [--steps 6]
 """
@@ -55,7 +58,8 @@ def one(name: str, n: int, steps: int) -> dict:
     # optimiser of a process imports torch._dynamo (about a second): paid here, as it would be there.
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     box = bg.BlackBox(lambda x: torch.tanh(x @ weight.T), getattr(estimators, name)(), calibrate=False)
-    batches = [torch.randn(32, n) for _ in range(steps)]
+    warmup = getattr(box.estimator, "warmup", 0)
+    batches = [torch.randn(32, n) for _ in range(max(warmup, 1) + steps)]
     target = torch.randn(32, n)
     before = rss_mb()
     times, cpu = [], []
@@ -66,7 +70,8 @@ def one(name: str, n: int, steps: int) -> dict:
         loss.backward()
         times.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
-        assert bool(torch.isfinite(x.grad).all())
+        # None while the estimator's gate is shut (its model is still untested): the step's work is done all the same
+        assert x.grad is None or bool(torch.isfinite(x.grad).all())
     parameters = sum(p.numel() for p in box.estimator.model.parameters())
     prior = getattr(box.estimator, "prior", None)
     if prior is not None and prior.model is not None:
@@ -74,9 +79,19 @@ def one(name: str, n: int, steps: int) -> dict:
     buffers = [box.estimator.buffer] + [getattr(e, b) for e in (box.estimator, prior) if e is not None for b in ("values",) if hasattr(e, b)]
     if prior is not None:
         buffers.append(prior.buffer)
-    # the replay buffers are allocated whole, and zeroed, when their first rows arrive: part of the peak
+    # the replay buffers' full size (allocated empty: the peak holds only the pages rows were written to)
     full = sum(t.numel() * t.element_size() for buffer in buffers for t in buffer.data.values()) / 2**20
-    return dict(first=times[0], later=statistics.median(times[1:]), later_cpu=statistics.median(cpu[1:]), before=before, peak=rss_mb(), parameters=parameters, buffers=full)
+    after = slice(max(warmup, 1), None)  # the passes after the first and the warm-up
+    return dict(
+        first=times[0],
+        warmup=statistics.median(times[1:warmup]) if warmup > 1 else None,
+        later=statistics.median(times[after]),
+        later_cpu=statistics.median(cpu[after]),
+        before=before,
+        peak=rss_mb(),
+        parameters=parameters,
+        buffers=full,
+    )
 
 
 def main() -> None:
@@ -98,24 +113,25 @@ def main() -> None:
     )
     print()
     print(
-        "| estimator | n = m | model parameters | first step (s) | later steps (s, median) | their CPU time (s) | peak memory (MB) "
-        "| of it before the first step (MB) | of it the replay buffers (MB) |"
+        "| estimator | n = m | model parameters | first step (s) | other warm-up steps (s, median) | steps after the warm-up (s, median) "
+        "| their CPU time (s) | peak memory (MB) | of it before the first step (MB) | replay buffers, full (MB) |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in args.estimators:
         for n in args.sizes:
             command = [sys.executable, __file__, "--one", name, str(n), "--steps", str(args.steps)]
             try:
                 done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, check=True)
             except subprocess.TimeoutExpired:
-                print(f"| {name} | {n} | | did not finish {args.steps} steps within {args.timeout:g} s | | | | | |", flush=True)
+                print(f"| {name} | {n} | | did not finish within {args.timeout:g} s | | | | | | |", flush=True)
                 continue
             except subprocess.CalledProcessError as err:
-                print(f"| {name} | {n} | | failed: {err.stderr.strip().splitlines()[-1]} | | | | | |", flush=True)
+                print(f"| {name} | {n} | | failed: {err.stderr.strip().splitlines()[-1]} | | | | | | |", flush=True)
                 continue
             r = json.loads(done.stdout.strip().splitlines()[-1])
             print(
-                f"| {name} | {n} | {r['parameters']:,} | {r['first']:.3f} | {r['later']:.3f} | {r['later_cpu']:.3f} | {r['peak']:.0f} | {r['before']:.0f} "
+                f"| {name} | {n} | {r['parameters']:,} | {r['first']:.3f} | {'—' if r['warmup'] is None else format(r['warmup'], '.3f')} "
+                f"| {r['later']:.3f} | {r['later_cpu']:.3f} | {r['peak']:.0f} | {r['before']:.0f} "
                 f"| {r['buffers']:.0f} |",
                 flush=True,
             )

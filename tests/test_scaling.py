@@ -58,6 +58,26 @@ def test_a_replay_buffer_holds_at_most_its_bytes_of_rows_and_reserve_can_grow_it
     assert len(buffer) == 15
 
 
+def test_a_replay_buffer_saves_the_rows_it_holds_and_resumes_with_the_same_draws():
+    buffer = _ReplayBuffer(100)
+    buffer.add(a=torch.arange(21.0).reshape(7, 3))
+    state = buffer.state_dict()
+    assert state["data"]["a"].shape == (7, 3)  # the rows held, not the 93 empty slots
+    restored = _ReplayBuffer(5)
+    restored.load_state_dict(state)
+    assert restored.capacity == 100 and len(restored) == 7 and restored.position == 7
+    for _ in range(3):  # the same draws from the same generator state, and the same rows added after
+        draws = [b.sample(4, torch.Generator().manual_seed(3))["a"] for b in (buffer, restored)]
+        assert torch.equal(draws[0], draws[1])
+    for b in (buffer, restored):
+        b.add(a=torch.full((95, 3), -1.0))  # wraps around: the newest 100 rows
+        assert len(b) == 100 and b.position == 2
+    assert torch.equal(buffer.data["a"], restored.data["a"])
+    full = _ReplayBuffer(1)
+    full.load_state_dict(buffer.state_dict())  # a full buffer saves every slot, in place
+    assert torch.equal(full.data["a"], buffer.data["a"]) and full.position == 2
+
+
 def test_a_narrow_device_keeps_the_whole_default_buffer():
     estimator = LearnedJacobian(hidden=(8,), prior=None)
     row = 4 * (64 + 64 + 10 + 10 + 1 + 1)  # α, direction, slope, grad_out, step, central

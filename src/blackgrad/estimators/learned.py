@@ -99,7 +99,10 @@ class _ReplayBuffer:
             if self.max_bytes is not None:
                 row_bytes = sum(math.prod(v.shape[1:]) * v.element_size() for v in rows.values())
                 self.capacity = max(1, min(self.capacity, self.max_bytes // max(row_bytes, 1)))
-            self.data = {k: v.new_zeros((self.capacity,) + v.shape[1:]) for k, v in rows.items()}
+            # Empty, not zeroed: only the first `size` rows are ever read (sampled, or saved by
+            # state_dict), and zeroing would touch every page of a buffer of up to BUFFER_BYTES
+            # at once, in the first step; untouched pages cost nothing until rows arrive.
+            self.data = {k: v.new_empty((self.capacity,) + v.shape[1:]) for k, v in rows.items()}
         if count >= self.capacity:  # keep only the newest rows
             rows = {k: v[-self.capacity :] for k, v in rows.items()}
             count = self.capacity
@@ -125,12 +128,15 @@ class _ReplayBuffer:
         return {k: v.index_select(0, index.to(v.device)) for k, v in self.data.items()}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"capacity": self.capacity, "data": {k: v.clone() for k, v in self.data.items()}, "size": self.size, "position": self.position}
+        # the rows held: a buffer that is not full holds them first, and the rest was never written
+        return {"capacity": self.capacity, "data": {k: v[: self.size].clone() for k, v in self.data.items()}, "size": self.size, "position": self.position}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.capacity = state["capacity"]
-        self.data = {k: v.clone() for k, v in state["data"].items()}
-        self.size, self.position = state["size"], state["position"]
+        self.capacity, self.size, self.position = state["capacity"], state["size"], state["position"]
+        self.data = {}
+        for key, rows in state["data"].items():  # the rows held (or, from older states, every slot)
+            self.data[key] = rows.new_empty((self.capacity,) + rows.shape[1:])
+            self.data[key][: rows.shape[0]] = rows
 
 
 class LearnedEstimator(Estimator):
