@@ -16,10 +16,15 @@ one run on the same data:
   be copied; a broken promise is caught by the version counter).
 
 Each number is the median of ``--repeats`` steps after a warm-up, one
-thread; the ratios are to the bare function in the same run.  Each
+thread, the variants taking turns in a rotating order; the ratios are to the
+bare function in the same run.  Each
 variant's gradient is checked against the bare function's first.
 
-    python benchmarks/wrapper_overhead.py [--repeats 2000]
+    python benchmarks/wrapper_overhead.py [--repeats 2000] [--parts]
+
+``--parts`` adds the box without its input copy, without the finite check of
+its output, and without both — switched off inside the benchmark (the
+library keeps both): what each costs, and what is left, the box's Python.
 """
 
 from __future__ import annotations
@@ -61,7 +66,31 @@ class BareSin(torch.autograd.Function):
         return grad * torch.cos(x)
 
 
-def wrappers() -> dict[str, object]:
+def without(box: bg.BlackBox, check: bool = True, copy: bool = True):
+    """``box`` with its output's finite check and/or its input copy switched off, for ``--parts``.
+
+    A diagnostic only (the library has no such switch: both are part of
+    what a box promises): it swaps the prober's module-level helpers for the
+    duration of one call.
+    """
+    from blackgrad import prober
+
+    check_fn, copy_fn = prober.all_finite, prober._private_copy
+
+    def call(x: torch.Tensor) -> torch.Tensor:
+        if not check:
+            prober.all_finite = lambda t: True
+        if not copy:
+            prober._private_copy = lambda t: t
+        try:
+            return box(x)
+        finally:
+            prober.all_finite, prober._private_copy = check_fn, copy_fn
+
+    return call
+
+
+def wrappers(parts: bool = False) -> dict[str, object]:
     box = bg.BlackBox(torch.sin, StraightThrough(derivative=torch.cos), calibrate=False)
     funs = {
         "bare autograd.Function": BareSin.apply,
@@ -72,6 +101,11 @@ def wrappers() -> dict[str, object]:
         funs["… copy_inputs=False"] = bg.BlackBox(torch.sin, StraightThrough(derivative=torch.cos), calibrate=False, copy_inputs=False)
     except TypeError:  # a library from before copy_inputs: the columns it has
         pass
+    if parts:  # what the box's two per-call safeguards cost, and what is left without them
+        new_box = lambda: bg.BlackBox(torch.sin, StraightThrough(derivative=torch.cos), calibrate=False)
+        funs["… no input copy"] = without(new_box(), copy=False)
+        funs["… no output check"] = without(new_box(), check=False)
+        funs["… neither"] = without(new_box(), check=False, copy=False)
     return funs
 
 
@@ -85,6 +119,9 @@ def step(fun, x: torch.Tensor, grad: torch.Tensor) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2000)
+    parser.add_argument(
+        "--parts", action="store_true", help="add the box without its input copy, its output's finite check, and both (a diagnostic)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -93,11 +130,11 @@ def main() -> None:
         f"(forward + backward), load average {os.getloadavg()[0]:.2f} at start"
     )
     print()
-    names = list(wrappers())
+    names = list(wrappers(args.parts))
     print("| batch × features | " + " | ".join(names) + " |")
     print("|---|" + "---|" * len(names))
     for batch, features in ((64, 16), (1024, 256)):
-        funs = wrappers()
+        funs = wrappers(args.parts)
         x = torch.randn(batch, features, requires_grad=True)
         grad = torch.randn(batch, features)
         reference = BareSin.apply(x)
@@ -111,9 +148,13 @@ def main() -> None:
         for _ in range(max(args.repeats // 10, 10)):  # warm-up
             for fun in funs.values():
                 step(fun, x, grad)
-        for _ in range(args.repeats):  # interleaved, so that load changes hit every variant alike
-            for name, fun in funs.items():
-                times[name].append(step(fun, x, grad))
+        order = list(funs)
+        for repeat in range(args.repeats):
+            # interleaved, so that load changes hit every variant alike, in an order that rotates:
+            # a step runs faster or slower for the one before it (what it left in the caches), and
+            # a fixed order would charge that to the same variant every time
+            for name in order[repeat % len(order) :] + order[: repeat % len(order)]:
+                times[name].append(step(funs[name], x, grad))
         x.grad = None
         median = {name: statistics.median(t) for name, t in times.items()}
         bare = median[names[0]]

@@ -377,8 +377,76 @@ class BlackBox(nn.Module):
         self.prober.budget = value
 
     def forward(self, x: Tensor) -> Tensor:
+        # The hot path: at a cheap device every Python operation here costs about as much as
+        # the device's own work on a wide batch (BENCHMARKS.md, "What BlackBox costs around a
+        # cheap device"), so the usual case — a floating batch of the known shape — is checked
+        # in as few of them as the checks allow, and the rarer ones wait behind a cheap test.
         if not isinstance(x, Tensor):
             raise TypeError(f"BlackBox {self.name!r} takes a tensor batch, got {type(x).__name__}")
+        complex_ = x.is_complex()
+        if not (complex_ or x.is_floating_point()):
+            raise TypeError(f"BlackBox {self.name!r} takes a floating-point batch, got {x.dtype}")
+        dim = x.dim()
+        if dim == 0 or x.shape[1:] != self._in_shape:
+            self._check_batch_shape(x)  # raises, or learns the sample shape from a first batch
+        batch = x.shape[0]
+        prober, estimator = self.prober, self.estimator
+        # rows as they are when already flat: a reshape would add a node to every backward pass
+        flat = x if dim == 2 else x.reshape(batch, prober.n_x)
+        theta = self.params
+        if theta is not None and theta.dtype != flat.dtype:
+            theta = theta.to(flat.dtype)
+        wants_gradient = torch.is_grad_enabled() and (flat.requires_grad or (theta is not None and theta.requires_grad))
+        if wants_gradient and flat.dtype in (torch.float16, torch.bfloat16) and self._estimates_from_readings:
+            # a difference of two half-precision readings is mostly rounding: refuse before spending anything
+            raise TypeError(
+                f"BlackBox {self.name!r}: {type(estimator).__name__} estimates gradients from differences "
+                f"and learned models, which {flat.dtype} is too coarse for; cast the input to float32 (x.float())"
+            )
+        if wants_gradient and complex_ and not estimator.supports_complex:
+            raise TypeError(
+                f"BlackBox {self.name!r}: {type(estimator).__name__} cannot estimate gradients for complex "
+                f"inputs ({x.dtype}); use FiniteDifference(), SPSA(), LeastSquares(), a learned estimator, or "
+                "Exact() for differentiable torch code"
+            )
+        calibrating = (
+            self.training
+            and wants_gradient
+            and self._calibrate
+            and self.profile is None
+            and estimator.needs_profile
+            and batch > 0
+            and not complex_  # calibration measures real devices; complex ones keep their steps
+        )
+        # The whole step must fit before anything is spent: calibration, this forward batch and
+        # the probes its backward pass will ask for (a backward refused half-way through a
+        # step would leave the layers after the box with gradients, those before without).
+        backward = 0
+        if wants_gradient and prober.budget is not None and not self.differentiable:
+            need_theta = theta is not None and theta.requires_grad
+            backward = self._backward_cost(batch, flat.requires_grad, need_theta, complex_)
+        if calibrating:
+            cost = calibration_cost(min(8, batch), 8, 2)  # calibrate()'s defaults, as called below
+            prober.check_budget(cost, "calibration", after=batch + backward, after_what="the step it belongs to")
+            self.calibrate(x)
+        if prober.budget is not None:
+            prober.check_budget(batch, "forward", after=backward, after_what="its backward pass")
+        if self.differentiable:
+            y = prober.forward(flat, theta, differentiable=True)
+            if batch == 0:  # nothing was evaluated, so nothing carries a graph: zero gradients, as elsewhere
+                y = y + 0 * (flat.sum() + (0 if theta is None else theta.sum()))
+            elif wants_gradient:
+                require_graph(y, self.name)
+        else:
+            y = _apply(flat, theta, self)
+        # offered only to an estimator that learns from forward batches (the base ignores them)
+        if self.training and type(estimator).observe is not Estimator.observe:
+            self._observe(flat.detach(), None if theta is None else theta.detach(), y.detach())
+        out_shape = prober.out_shape
+        return y if len(out_shape) == 1 else y.reshape((batch,) + out_shape)
+
+    def _check_batch_shape(self, x: Tensor) -> None:
+        """Raise for a batch whose shape does not fit; learn the sample shape from a first one."""
         dim = x.dim()
         if dim == 0:
             raise InputShapeError(f"BlackBox {self.name!r} takes a batch (B, *in_shape); got a scalar")
@@ -388,9 +456,6 @@ class BlackBox(nn.Module):
                 f"BlackBox {self.name!r} takes a batch (B, *in_shape); got shape {tuple(x.shape)}: for one "
                 "sample use x.unsqueeze(0), for a batch of scalars give in_shape=()"
             )
-        complex_ = x.is_complex()
-        if not (complex_ or x.is_floating_point()):
-            raise TypeError(f"BlackBox {self.name!r} takes a floating-point batch, got {x.dtype}")
         if self._in_shape is None:
             self._shape_inputs(tuple(x.shape[1:]))
         if x.shape[1:] != self._in_shape:
@@ -398,59 +463,6 @@ class BlackBox(nn.Module):
                 f"BlackBox {self.name!r} expects inputs of shape (B, {', '.join(map(str, self._in_shape))}); "
                 f"got {tuple(x.shape)}"
             )
-        batch = x.shape[0]
-        # rows as they are when already flat: a reshape would add a node to every backward pass
-        flat = x if dim == 2 else x.reshape(batch, self.prober.n_x)
-        theta = self.params
-        if theta is not None and theta.dtype != flat.dtype:
-            theta = theta.to(flat.dtype)
-        wants_gradient = torch.is_grad_enabled() and (flat.requires_grad or (theta is not None and theta.requires_grad))
-        if wants_gradient and flat.dtype in (torch.float16, torch.bfloat16) and self._estimates_from_readings:
-            # a difference of two half-precision readings is mostly rounding: refuse before spending anything
-            raise TypeError(
-                f"BlackBox {self.name!r}: {type(self.estimator).__name__} estimates gradients from differences "
-                f"and learned models, which {flat.dtype} is too coarse for; cast the input to float32 (x.float())"
-            )
-        if wants_gradient and complex_ and not self.estimator.supports_complex:
-            raise TypeError(
-                f"BlackBox {self.name!r}: {type(self.estimator).__name__} cannot estimate gradients for complex "
-                f"inputs ({x.dtype}); use FiniteDifference(), SPSA(), LeastSquares(), a learned estimator, or "
-                "Exact() for differentiable torch code"
-            )
-        calibrating = (
-            self.training
-            and wants_gradient
-            and self._calibrate
-            and self.profile is None
-            and self.estimator.needs_profile
-            and batch > 0
-            and not complex_  # calibration measures real devices; complex ones keep their steps
-        )
-        # The whole step must fit before anything is spent: calibration, this forward batch and
-        # the probes its backward pass will ask for (a backward refused half-way through a
-        # step would leave the layers after the box with gradients, those before without).
-        backward = 0
-        if wants_gradient and self.prober.budget is not None and not self.differentiable:
-            need_theta = theta is not None and theta.requires_grad
-            backward = self._backward_cost(batch, flat.requires_grad, need_theta, complex_)
-        if calibrating:
-            cost = calibration_cost(min(8, batch), 8, 2)  # calibrate()'s defaults, as called below
-            self.prober.check_budget(cost, "calibration", after=batch + backward, after_what="the step it belongs to")
-            self.calibrate(x)
-        self.prober.check_budget(batch, "forward", after=backward, after_what="its backward pass")
-        if self.differentiable:
-            y = self.prober.forward(flat, theta, differentiable=True)
-            if batch == 0:  # nothing was evaluated, so nothing carries a graph: zero gradients, as elsewhere
-                y = y + 0 * (flat.sum() + (0 if theta is None else theta.sum()))
-            elif wants_gradient:
-                require_graph(y, self.name)
-        else:
-            y = _apply(flat, theta, self)
-        # offered only to an estimator that learns from forward batches (the base ignores them)
-        if self.training and type(self.estimator).observe is not Estimator.observe:
-            self._observe(flat.detach(), None if theta is None else theta.detach(), y.detach())
-        out_shape = self.prober.out_shape
-        return y if len(out_shape) == 1 else y.reshape((batch,) + out_shape)
 
     def calibrate(self, x: Tensor, **options: Any) -> DeviceProfile:
         """Measure the device at inputs ``x`` (and the current θ) and hand the profile to the estimator.

@@ -420,7 +420,8 @@ class Prober:
                 self.ledger.failed += n  # outside the retry policy, but the samples were sent and paid for
                 self._check_unedited(args, version, kind, n, counted=True)
                 raise
-            self._check_unedited(args, version, kind, n)
+            if version is not None:
+                self._check_unedited(args, version, kind, n)
             try:
                 y = self._validate(raw, x, n, kind, differentiable)
             except DeviceOutputError as err:
@@ -476,7 +477,6 @@ class Prober:
 
     def _device_arguments(self, x: Tensor, theta: Tensor | None) -> tuple[Any, ...]:
         batch = x if self._flat_inputs else self._shaped(x)
-        args: tuple[Any, ...] = (batch,) if self.n_params == 0 else (batch, theta)
         # Copies: a device that edits its input in place must not touch the model's tensors
         # (θ, the activations upstream, the rows an estimator reuses).  A torch copy keeps the
         # autograd graph, for estimators that differentiate the device.
@@ -490,12 +490,13 @@ class Prober:
         # counter then holds it to that promise (see _call).  θ is copied always: p numbers,
         # and the model's parameters themselves.
         if self.numpy:
+            args = (batch,) if self.n_params == 0 else (batch, theta)
             return tuple(np.array(a.detach().cpu().numpy(), copy=True) for a in args)
         # With a time-out the copy stays too: an abandoned call may go on running, and edit its
         # input, after every check of ours is over.
-        if not self.copy_inputs and self.retry.timeout is None:
-            return (batch,) if theta is None else (batch, theta.clone())
-        return tuple(_private_copy(a) for a in args)
+        if self.copy_inputs or self.retry.timeout is not None:
+            batch = _private_copy(batch)
+        return (batch,) if theta is None else (batch, _private_copy(theta))
 
     def _invoke(self, args: tuple[Any, ...]) -> Any:
         self.ledger.device_calls += 1
@@ -618,7 +619,7 @@ def _private_copy(t: Tensor) -> Tensor:
     wide batch is most of the wrapper's cost.  Elsewhere, and on a torch
     without it, an ordinary clone.
     """
-    if _lazy_clone is not None and t.device.type == "cpu":
+    if _lazy_clone is not None and t.is_cpu:
         return _lazy_clone(t)
     return t.clone()
 
