@@ -140,43 +140,7 @@ def gradiator(fun: Callable[..., Any], grad_fun: Callable[..., Any], name: str |
             needs = tuple(ctx.needs_input_grad)
             kwargs = {"needs_input_grad": needs} if tells_needs else {}
             grads = grad_fun(*inputs, grad_output, **kwargs)
-            if ctx.n_inputs == 1 and not isinstance(grads, (tuple, list)):
-                grads = (grads,)
-            if not isinstance(grads, (tuple, list)) or len(grads) != ctx.n_inputs:
-                count = len(grads) if isinstance(grads, (tuple, list)) else 1
-                raise GradientShapeError(
-                    f"grad_fun {grad_label!r} of {label!r} returned {count} gradient(s) for "
-                    f"{ctx.n_inputs} inputs; return one per input (None where there is none)"
-                )
-            result = []
-            for i, (grad, wanted) in enumerate(zip(grads, needs)):
-                if not wanted:
-                    result.append(None)
-                    continue
-                if grad is None:
-                    raise GradientShapeError(
-                        f"grad_fun {grad_label!r} of {label!r} returned None for input {i}, "
-                        "whose gradient is needed"
-                    )
-                untracked = not isinstance(grad, Tensor)
-                grad = _as_output(grad, inputs[i], grad_label)
-                if untracked and torch.is_grad_enabled():  # create_graph=True, and numpy has no graph to give
-                    grad = first_order_only(
-                        grad,
-                        f"a second derivative through {label!r} was asked for (a gradient computed with "
-                        f"create_graph=True was differentiated again), but grad_fun {grad_label!r} returned "
-                        f"input {i}'s gradient as a numpy array, which has no derivative: write grad_fun in "
-                        "torch operations, or compute the first gradient with create_graph=False",
-                        *inputs,
-                        *grad_outputs,
-                    )
-                if grad.shape != inputs[i].shape:
-                    raise GradientShapeError(
-                        f"grad_fun {grad_label!r} of {label!r} returned a gradient of shape "
-                        f"{tuple(grad.shape)} for input {i} of shape {tuple(inputs[i].shape)}"
-                    )
-                result.append(grad)
-            return tuple(result)
+            return _checked_gradients(grads, inputs, needs, grad_outputs, label, grad_label)
 
     Gradiator.__name__ = Gradiator.__qualname__ = f"Gradiator[{label}]"
 
@@ -187,6 +151,54 @@ def gradiator(fun: Callable[..., Any], grad_fun: Callable[..., Any], name: str |
     apply.__doc__ = getattr(fun, "__doc__", None)
     apply.function = Gradiator  # the autograd.Function, for introspection
     return apply
+
+
+def _checked_gradients(
+    grads: Any, inputs: list[Any], needs: tuple[bool, ...], grad_outputs: tuple[Tensor, ...], label: str, grad_label: str
+) -> tuple[Tensor | None, ...]:
+    """What a gradiator's ``grad_fun`` returned, as autograd takes it: one tensor per needed input.
+
+    Raises :class:`~blackgrad.errors.GradientShapeError` for a wrong count,
+    a None where a gradient is needed, or a wrong shape; a numpy gradient
+    becomes a tensor like its input, refusing to be differentiated again
+    under ``create_graph=True``.
+    """
+    if len(inputs) == 1 and not isinstance(grads, (tuple, list)):
+        grads = (grads,)
+    if not isinstance(grads, (tuple, list)) or len(grads) != len(inputs):
+        count = len(grads) if isinstance(grads, (tuple, list)) else 1
+        raise GradientShapeError(
+            f"grad_fun {grad_label!r} of {label!r} returned {count} gradient(s) for "
+            f"{len(inputs)} inputs; return one per input (None where there is none)"
+        )
+    result: list[Tensor | None] = []
+    for i, (grad, wanted) in enumerate(zip(grads, needs)):
+        if not wanted:
+            result.append(None)
+            continue
+        if grad is None:
+            raise GradientShapeError(
+                f"grad_fun {grad_label!r} of {label!r} returned None for input {i}, whose gradient is needed"
+            )
+        untracked = not isinstance(grad, Tensor)
+        grad = _as_output(grad, inputs[i], grad_label)
+        if untracked and torch.is_grad_enabled():  # create_graph=True, and numpy has no graph to give
+            grad = first_order_only(
+                grad,
+                f"a second derivative through {label!r} was asked for (a gradient computed with "
+                f"create_graph=True was differentiated again), but grad_fun {grad_label!r} returned "
+                f"input {i}'s gradient as a numpy array, which has no derivative: write grad_fun in "
+                "torch operations, or compute the first gradient with create_graph=False",
+                *inputs,
+                *grad_outputs,
+            )
+        if grad.shape != inputs[i].shape:
+            raise GradientShapeError(
+                f"grad_fun {grad_label!r} of {label!r} returned a gradient of shape "
+                f"{tuple(grad.shape)} for input {i} of shape {tuple(inputs[i].shape)}"
+            )
+        result.append(grad)
+    return tuple(result)
 
 
 def nondifferentiable(fun: Callable[..., Any], name: str | None = None) -> Callable[..., Any]:
