@@ -101,7 +101,7 @@ def _save(ctx: Any, x: Tensor, theta: Tensor | None, box: "BlackBox", output: Te
 def _backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
     x, y, *rest = ctx.saved_tensors
     theta = rest[0] if ctx.has_theta else None
-    need_x, need_theta = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    need_x, need_theta, _ = ctx.needs_input_grad
     if not torch.is_grad_enabled():  # the usual backward: autograd already records nothing
         return (*ctx.box._estimate(x, theta, y, grad_y, need_x, need_theta), None)
     with torch.no_grad():

@@ -237,7 +237,8 @@ class Prober:
         """Evaluate a forward batch ``x`` of shape ``(B, n)``; counted as ``forward``."""
         batch, step = x.shape[0], self.max_batch
         if batch and (step is None or batch <= step):  # one call: the common case, without building a request
-            self.check_budget(batch, "forward")
+            if self.budget is not None:
+                self.check_budget(batch, "forward")
             return self._call(x, theta, "forward", differentiable)
         return self._evaluate_groups([(x, theta)], kind="forward", differentiable=differentiable)[0]
 
