@@ -166,3 +166,14 @@ def test_rebuild_needs_records(tmp_path):
     (tmp_path / RECORDS).write_text('{"task": "moons-shg", "method": "exa')
     with pytest.warns(RecordsWarning), pytest.raises(RecordsError, match="holds no finished run"):
         rebuild(tmp_path)
+
+
+def test_every_record_and_the_tables_header_name_the_processor(uninterrupted):
+    # the same code and seed can train to another accuracy on another processor: a record says where it ran
+    from blackgrad.bench import cpu_model
+
+    folder, summary = uninterrupted
+    cpu = cpu_model()
+    assert isinstance(cpu, str) and cpu
+    assert {r["environment"]["cpu"] for r in summary["records"]} == {cpu}
+    assert f"({cpu})" in (folder / "results.md").read_text().splitlines()[0]

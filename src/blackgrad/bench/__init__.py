@@ -174,6 +174,24 @@ def run_benchmark(
         return _write(out, records.read(path))
 
 
+def cpu_model() -> str:
+    """The processor's model name, as the operating system gives it ("unknown" where it gives none).
+
+    Recorded with every run: the same code and seed can train to another
+    accuracy on another processor, whose vector units round sums in another
+    order — on the three-layer stack by as much as its spread between seeds
+    (BENCHMARKS.md) — so a record says where it was computed.
+    """
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip() or "unknown"
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def _environment(section: str, threads: int | None, jobs: int, todo: int, ray: str | None) -> dict[str, Any]:
     """What every record of this call says about where and how it ran."""
     workers = min(jobs, todo) or 1
@@ -184,6 +202,7 @@ def _environment(section: str, threads: int | None, jobs: int, todo: int, ray: s
         "workers": workers,
         "torch": torch.__version__,
         "machine": platform.machine(),
+        "cpu": cpu_model(),
         **({} if ray is None else {"ray": ray}),  # run as Ray tasks, local or on a cluster
     }
 
@@ -350,7 +369,9 @@ def _header(found: list[dict[str, Any]]) -> str:
     text = f"Benchmark ({mode}): seeds {seeds}"
     if values("torch"):
         text += (
-            f", torch {joined('torch')}, {joined('machine')}, {joined('threads')} torch thread(s) per run, "
+            f", torch {joined('torch')}, {joined('machine')}"
+            + (f" ({joined('cpu')})" if values("cpu") else "")
+            + f", {joined('threads')} torch thread(s) per run, "
             + (f"runs as Ray tasks ({joined('ray')})" if values("ray") else f"{joined('workers')} run(s) at once")
         )
     return text + "."
