@@ -637,6 +637,10 @@ def auto_embedding(d: int) -> nn.Module | None:
     return MultiScaleFourier(d, AUTO_MULTIPLES)
 
 
+#: the weight of the probe slopes against the forward values in a ``prior="twin"``'s fit
+PRIOR_SLOPE_WEIGHT = 1.0
+
+
 def resolve_prior(prior: Any, estimator: LearnedEstimator, hidden: tuple[int, ...]) -> "LearnedEstimator | None":
     """``prior="twin"``: a :class:`~blackgrad.estimators.DigitalTwin` sharing ``estimator``'s options.
 
@@ -657,7 +661,7 @@ def resolve_prior(prior: Any, estimator: LearnedEstimator, hidden: tuple[int, ..
     return DigitalTwin(
         hidden=hidden,
         probes=0.0,
-        slope_weight=1.0,
+        slope_weight=PRIOR_SLOPE_WEIGHT,
         step=estimator.step,
         scheme=estimator.scheme,
         lr=estimator.lr,
