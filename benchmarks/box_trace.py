@@ -18,7 +18,7 @@ Each epoch's line gives the test accuracy after it and the means over its
 passes.  The comparisons spend no device evaluation and do not change the
 run (the exact VJP is the simulator's own).
 
-    python benchmarks/box_trace.py [--task digits-deep-shg] [--method default] [--seed 0]
+    python benchmarks/box_trace.py [--task digits-deep-shg] [--method default] [--seed 0] [--prior-slope-weight W]
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ try:
     import blackgrad  # noqa: F401
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+import blackgrad.estimators.learned as learned
 from blackgrad.bench import runner
 from blackgrad.bench.methods import METHODS
 from blackgrad.bench.tasks import tasks
@@ -88,8 +89,11 @@ def main() -> None:
     parser.add_argument("--task", default="digits-deep-shg")
     parser.add_argument("--method", default="default", help="a method of the benchmark (default: the box's default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prior-slope-weight", type=float, default=None, help="set PRIOR_SLOPE_WEIGHT (a twin prior's slope weight) for this run")
     args = parser.parse_args()
     torch.set_num_threads(1)  # as the benchmark trains: the same numbers
+    if args.prior_slope_weight is not None:
+        learned.PRIOR_SLOPE_WEIGHT = args.prior_slope_weight
     task = tasks()[args.task]
     data = task.data(False)
     model = runner.build(task, METHODS[args.method], data, args.seed)

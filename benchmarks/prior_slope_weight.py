@@ -16,7 +16,7 @@ same seeds: results depend on the processor, so on the same machine).
 "harm" marks a mean below readout only's.
 
     python benchmarks/prior_slope_weight.py --baselines DIR/records.jsonl --out runs.jsonl \
-        [--weights 1 0.1] [--methods default default-learned-vjp] [--tasks ...] [--seeds 3] [--jobs 2]
+        [--weights 1 0.1] [--methods default default-learned-vjp] [--tasks ...] [--seeds 3] [--jobs 2] [--table]
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=None, help="default: every task of the defaults section")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0 … N−1")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--table", action="store_true", help="print the table of the runs in --out, training none")
     arguments = parser.parse_args()
 
     from blackgrad.bench.tasks import tasks as all_tasks
@@ -103,7 +104,7 @@ def main() -> None:
         for task in task_names
         for method in arguments.methods
         for seed in range(arguments.seeds)
-        if (weight, task, method, seed) not in done
+        if (weight, task, method, seed) not in done and not arguments.table
     ]
     print(f"{len(jobs)} runs to do, {len(done)} already in {out}", file=sys.stderr)
     with multiprocessing.get_context("spawn").Pool(arguments.jobs) as pool, out.open("a") as sink:
