@@ -149,6 +149,10 @@ def test_nan_and_infinite_steps_are_refused_at_construction():
         (lambda: bg.estimators.LearnedVJP(rank=True), "rank"),
         (lambda: DigitalTwin(slope_weight=math.nan), "slope_weight"),
         (lambda: DigitalTwin(slope_weight=True), "slope_weight"),
+        (lambda: DigitalTwin(slope_snr=True), "slope_snr"),
+        (lambda: DigitalTwin(slope_snr=0), "slope_snr"),
+        (lambda: DigitalTwin(slope_snr=math.nan), "slope_snr"),
+        (lambda: DigitalTwin(slope_snr="3"), "slope_snr"),
         (lambda: DigitalTwin(probes=True), "probes"),
         (lambda: bg.estimators.LeastSquares(neighbors=True), "neighbors"),
         (lambda: SPSA(directions=2.0), "directions"),
@@ -164,6 +168,7 @@ def test_blackbox_without_an_estimator_uses_the_recommended_estimator_and_calibr
     box = bg.BlackBox(Noisy(SHG(), std=0.01, seed=0), params=SHG().default_params())
     assert isinstance(box.estimator, LearnedJacobian) and box.estimator.probes == 1.0
     assert isinstance(box.estimator.prior, DigitalTwin) and box.estimator.prior.slope_weight == 1.0
+    assert box.estimator.prior.slope_snr == 3.0
     box(X.clone().requires_grad_(True)).sum().backward()
     assert box.calls.calibration == calibration_cost(8, 8, 2) and box.calls.probe == 32
     assert box.estimator.buffer.data["step"][0].item() == pytest.approx(box.profile.step)
@@ -220,3 +225,22 @@ def test_a_budget_too_small_for_calibration_says_how_to_go_on_without_it():
     box = bg.BlackBox(Noisy(SHG(), std=0.01, seed=0), SPSA(), budget=200)
     with pytest.raises(bg.BudgetExhausted, match="calibrate=False or a DeviceProfile"):
         box(X.clone().requires_grad_(True))
+
+
+def test_a_twin_with_slope_snr_discounts_slope_rows_that_are_mostly_noise():
+    # noise floor 0.01, one-sided step 0.02: each slope output carries noise of variance
+    # 2 * 0.01**2 / 0.02**2 = 0.5; slopes of mean square 0.75 are two thirds noise (SNR 0.5)
+    profile = bg.DeviceProfile(noise=0.01, quantum=0.0, scale=1.0, input_scale=1.0, step=0.02, length_scale=None, evaluations=0)
+    slope = torch.full((4, 3), 0.75**0.5)
+    rows = {"slope": slope, "step": torch.full((4,), 0.02), "central": torch.zeros(4, dtype=torch.bool)}
+    twin = DigitalTwin(slope_weight=2.0, slope_snr=3.0)
+    assert twin.slope_term_weight(rows) == 2.0  # not calibrated: no noise to discount
+    twin.calibrate(profile)
+    assert twin.slope_term_weight(rows) == pytest.approx(2.0 * 0.5 / 3.0)
+    # a central slope's noise is a quarter of a one-sided one's: SNR (0.75 - 0.125) / 0.125 = 5 >= 3
+    assert twin.slope_term_weight({**rows, "central": torch.ones(4, dtype=torch.bool)}) == pytest.approx(2.0)
+    # ten times the slope: mostly signal, full weight
+    assert twin.slope_term_weight({**rows, "slope": 10 * slope}) == pytest.approx(2.0)
+    plain = DigitalTwin(slope_weight=2.0)
+    plain.calibrate(profile)
+    assert plain.slope_term_weight(rows) == 2.0  # slope_snr=None: every row counts in full

@@ -53,6 +53,13 @@ class DigitalTwin(LearnedEstimator):
             free twin that learns from forward values alone (one evaluation
             per sample, no fidelity to gate on).
         slope_weight: weight of the slope-matching term on probe rows (default 1).
+        slope_snr: None (default), or discount noisy slope rows: with a
+            calibrated noise floor ``σ``, each fit scales the slope term by
+            ``min(1, SNR / slope_snr)``, SNR the rows' measured slope power
+            over the noise's share of it (``2σ²/h²`` per output for a
+            one-sided slope, ``σ²/2h²`` central) less one.  Rows that are
+            mostly noise then pull the twin less than its values do (a
+            twin prior uses 3; BENCHMARKS.md).
         slope_fit: ``"difference"`` or ``"jvp"``: how the twin's own slope is taken.
         warmup: as for every learned estimator, but none by default for a
             twin of its own: warmed up, ``DigitalTwin()`` fell on the stack
@@ -76,12 +83,15 @@ class DigitalTwin(LearnedEstimator):
         probes: float | None = None,
         slope_weight: float = 1.0,
         slope_fit: str = "difference",
+        slope_snr: float | None = None,
         buffer: int = 8192,
         warmup: int = 0,
         **options: Any,
     ) -> None:
         if isinstance(slope_weight, bool) or not isinstance(slope_weight, (int, float)) or not slope_weight >= 0 or slope_weight == float("inf"):
             raise ValueError(f"slope_weight must be a finite number >= 0, got {slope_weight!r}")
+        if slope_snr is not None and (isinstance(slope_snr, bool) or not isinstance(slope_snr, (int, float)) or not 0 < slope_snr < float("inf")):
+            raise ValueError(f"slope_snr must be None or a finite number > 0, got {slope_snr!r}")
         if probes is None:  # one probe per sample whenever its slope would be used
             probes = 1.0 if online and slope_weight > 0 else 0.0
         super().__init__(model=model, probes=probes, buffer=buffer, warmup=warmup, **options)
@@ -90,6 +100,7 @@ class DigitalTwin(LearnedEstimator):
         self.hidden = check_hidden(hidden)
         self.online = bool(online)
         self.slope_weight = float(slope_weight)
+        self.slope_snr = None if slope_snr is None else float(slope_snr)
         _check_option("slope_fit", slope_fit, ("difference", "jvp"))
         self.slope_fit = slope_fit
         self.values = _ReplayBuffer(buffer, max_bytes=BUFFER_BYTES)  # (α, y) pairs
@@ -167,10 +178,21 @@ class DigitalTwin(LearnedEstimator):
             terms.append(training_loss(self.model(values["alpha"]), values["y"], "mse"))
         if rows and self.slope_weight > 0:
             twin_slope = self.twin_slope(rows["alpha"], rows["direction"], rows["step"], rows["central"])
-            terms.append(self.slope_weight * training_loss(twin_slope, rows["slope"], self.loss))
+            terms.append(self.slope_term_weight(rows) * training_loss(twin_slope, rows["slope"], self.loss))
         if not terms:
             raise RuntimeError("DigitalTwin has nothing to fit: no forward values yet and no slope rows (slope_weight=0)")
         return sum(terms)
+
+    def slope_term_weight(self, rows: dict[str, Tensor]) -> float:
+        """The slope term's weight in a fit on ``rows``: ``slope_weight``, discounted for noise if ``slope_snr`` says so."""
+        noise = self._slope_noise(rows) if self.slope_snr is not None else None
+        if noise is None:  # not asked, or no calibrated noise: every row counts in full
+            return self.slope_weight
+        share = float(noise.mean() / rows["slope"].double().pow(2).mean().clamp(min=1e-30))
+        if share <= 0:
+            return self.slope_weight
+        ratio = max(1 - share, 0.0) / share  # the slopes' signal power over their noise's
+        return self.slope_weight * min(1.0, ratio / self.slope_snr)
 
     def twin_slope(self, alpha: Tensor, direction: Tensor, step: Tensor, central: Tensor) -> Tensor:
         """The twin's slope along ``direction`` at ``alpha``, taken as ``slope_fit`` says.

@@ -639,14 +639,18 @@ def auto_embedding(d: int) -> nn.Module | None:
 
 #: the weight of the probe slopes against the forward values in a ``prior="twin"``'s fit
 PRIOR_SLOPE_WEIGHT = 1.0
+#: a ``prior="twin"``'s ``slope_snr``: slope rows with less signal than 3× their noise weigh less
+#: (the stack's first box, where they are mostly noise; BENCHMARKS.md, "The twin prior's slope weight")
+PRIOR_SLOPE_SNR = 3.0
 
 
 def resolve_prior(prior: Any, estimator: LearnedEstimator, hidden: tuple[int, ...]) -> "LearnedEstimator | None":
     """``prior="twin"``: a :class:`~blackgrad.estimators.DigitalTwin` sharing ``estimator``'s options.
 
     The twin fits the forward values (free) and the estimator's own probe
-    slopes; it spends no probes of its own and is never gated on its own
-    (the estimator it serves is).
+    slopes, the slopes discounted where the calibrated noise is more than a
+    third of their signal (``PRIOR_SLOPE_SNR``); it spends no probes of its
+    own and is never gated on its own (the estimator it serves is).
     """
     from .digital_twin import DigitalTwin
 
@@ -662,6 +666,7 @@ def resolve_prior(prior: Any, estimator: LearnedEstimator, hidden: tuple[int, ..
         hidden=hidden,
         probes=0.0,
         slope_weight=PRIOR_SLOPE_WEIGHT,
+        slope_snr=PRIOR_SLOPE_SNR,
         step=estimator.step,
         scheme=estimator.scheme,
         lr=estimator.lr,
