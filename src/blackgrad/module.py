@@ -32,14 +32,15 @@ def default_estimator(seed: int | None = 0) -> Estimator:
     fitted to every forward batch (free) and one probe slope per sample (one
     evaluation), plus a learned Jacobian correction trained on what the
     twin's slopes leave unexplained and passed in the share that fits the
-    probe rows it had not trained on; it probes with the calibrated step and
+    probe rows it had not trained on; the twin weighs slopes that are mostly
+    noise less than its values; it probes with the calibrated step and
     withholds its gradient while its fidelity is low; it takes four times
     its updates in its first 40 backward passes.  In the benchmark's
     defaults section (``blackgrad bench --section defaults``: every
-    estimator's defaults on seven tasks) it reached 0.963–1.018 of exact
+    estimator's defaults on seven tasks) it reached 0.956–1.018 of exact
     backprop's accuracy at 2 evaluations per sample and layer on the six
-    single-device tasks over three seeds, and 0.832–0.991 through three
-    devices in series (BENCHMARKS.md).
+    single-device tasks over three seeds, and 0.777–1.043 (mean 0.913)
+    through three devices in series over six seeds (BENCHMARKS.md).
     """
     return LearnedJacobian(seed=seed)
 

@@ -640,7 +640,7 @@ def auto_embedding(d: int) -> nn.Module | None:
 #: the weight of the probe slopes against the forward values in a ``prior="twin"``'s fit
 PRIOR_SLOPE_WEIGHT = 1.0
 #: a ``prior="twin"``'s ``slope_snr``: slope rows with less signal than 3× their noise weigh less
-#: (the stack's first box, where they are mostly noise; BENCHMARKS.md, "The twin prior's slope weight")
+#: (the stack's first box, where they are mostly noise; BENCHMARKS.md, "The twin prior's slope term")
 PRIOR_SLOPE_SNR = 3.0
 
 
