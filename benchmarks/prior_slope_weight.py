@@ -8,7 +8,8 @@ that fit.  This script sets it to each ``--weights`` value in turn and trains
 the benchmark's defaults-section methods (``runner.run_one``, exactly as
 ``blackgrad bench --section defaults`` does) on each task and seed, appending
 one record per run to ``--out`` (a run already there is not repeated).  It
-then prints, for each method and weight, each task's mean over the seeds of
+then prints, for each method and weight (every run of them in ``--out``, at
+whatever seed), each task's mean over the seeds of
 each seed's accuracy as a fraction of exact backprop's at that seed, ± its
 standard error, read from ``--baselines`` (the ``records.jsonl`` of a
 ``blackgrad bench --section defaults --methods exact,readout-only`` run on the
@@ -107,15 +108,22 @@ def main() -> None:
         if (weight, task, method, seed) not in done and not arguments.table
     ]
     print(f"{len(jobs)} runs to do, {len(done)} already in {out}", file=sys.stderr)
-    with multiprocessing.get_context("spawn").Pool(arguments.jobs) as pool, out.open("a") as sink:
+    if jobs:
+        run_all(jobs, arguments.jobs, out, runs)
+    # the table reads every run in --out of these tasks, methods and weights, at whatever seed
+    wanted = [r for r in runs if r["task"] in task_names and r["method"] in arguments.methods and r["prior_slope_weight"] in arguments.weights]
+    print(table(wanted, baselines, task_names))
+
+
+def run_all(jobs: list[tuple[float, str, str, int]], processes: int, out: Path, runs: list[dict]) -> None:
+    """Train ``jobs`` in worker processes, appending each record to ``out`` (and ``runs``) as it ends."""
+    with multiprocessing.get_context("spawn").Pool(processes) as pool, out.open("a") as sink:
         for count, record in enumerate(pool.imap_unordered(train, jobs), 1):
             sink.write(json.dumps(record) + "\n")
             sink.flush()
             runs.append(record)
             print(f"[{count}/{len(jobs)}] {record['task']} {record['method']} weight {record['prior_slope_weight']:g} "
                   f"seed {record['seed']}: {record['accuracy']:.3f}", file=sys.stderr)
-    wanted = [r for r in runs if r["task"] in task_names and r["method"] in arguments.methods and r["prior_slope_weight"] in arguments.weights]
-    print(table(wanted, baselines, task_names))
 
 
 if __name__ == "__main__":
