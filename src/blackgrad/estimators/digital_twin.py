@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nets import MLP, embedded
-from .base import _check_option, check_hidden
+from .base import _check_option, check_hidden, check_positive
 from .learned import BUFFER_BYTES, LearnedEstimator, _ReplayBuffer, training_loss
 
 
@@ -90,8 +90,7 @@ class DigitalTwin(LearnedEstimator):
     ) -> None:
         if isinstance(slope_weight, bool) or not isinstance(slope_weight, (int, float)) or not slope_weight >= 0 or slope_weight == float("inf"):
             raise ValueError(f"slope_weight must be a finite number >= 0, got {slope_weight!r}")
-        if slope_snr is not None and (isinstance(slope_snr, bool) or not isinstance(slope_snr, (int, float)) or not 0 < slope_snr < float("inf")):
-            raise ValueError(f"slope_snr must be None or a finite number > 0, got {slope_snr!r}")
+        check_positive("slope_snr", slope_snr, allow_none=True)
         if probes is None:  # one probe per sample whenever its slope would be used
             probes = 1.0 if online and slope_weight > 0 else 0.0
         super().__init__(model=model, probes=probes, buffer=buffer, warmup=warmup, **options)
