@@ -39,8 +39,8 @@ def default_estimator(seed: int | None = 0) -> Estimator:
     defaults section (``blackgrad bench --section defaults``: every
     estimator's defaults on seven tasks) it reached 0.956–1.018 of exact
     backprop's accuracy at 2 evaluations per sample and layer on the six
-    single-device tasks over three seeds, and 0.777–1.043 (mean 0.913)
-    through three devices in series over six seeds (BENCHMARKS.md).
+    single-device tasks over three seeds, and 0.392–1.043 (mean 0.840)
+    through three devices in series over twelve seeds (BENCHMARKS.md).
     """
     return LearnedJacobian(seed=seed)
 
