@@ -92,8 +92,9 @@ def train(job: tuple[str, str, int]) -> dict:
 
 
 def _mean_error(values: list[float]) -> str:
+    """``mean ± standard error`` of one or more values (the error is nan for one)."""
     error = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
-    return f"{statistics.mean(values):+.3f} ± {error:.3f}" if values else "—"
+    return f"{statistics.mean(values):+.3f} ± {error:.3f}"
 
 
 def table(runs: list[dict], baselines: dict[tuple[str, str, int], float], tasks: list[str]) -> str:
