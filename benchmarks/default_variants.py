@@ -12,7 +12,7 @@ It then prints, per task and variant (every run of it in ``--out``), the
 mean over the seeds of each seed's accuracy as a fraction of exact
 backprop's at that seed, ± its standard error, read from ``--baselines``
 (the ``records.jsonl`` of a ``blackgrad bench --section defaults --methods
-exact,readout-only`` run on the same seeds and the same processor), and,
+exact`` run on the same seeds and the same processor), and,
 seed by seed against ``default`` at the seeds both ran, the mean difference
 of the fractions ± its standard error and at how many seeds the variant was
 better.  The stack's per-seed accuracies move by ±0.1 between variants, so
@@ -97,13 +97,14 @@ def _mean_error(values: list[float]) -> str:
     return f"{statistics.mean(values):+.3f} ± {error:.3f}"
 
 
-def table(runs: list[dict], baselines: dict[tuple[str, str, int], float], tasks: list[str]) -> str:
+def table(runs: list[dict], exact: dict[tuple[str, int], float], tasks: list[str]) -> str:
+    """Markdown: each variant's fraction of exact (``exact``: (task, seed) → accuracy) and its difference from ``default``."""
     lines = ["| task | variant | fraction of exact | against `default`, seed by seed | better at |", "|---|---|---|---|---|"]
     for task in tasks:
         fractions: dict[str, dict[int, float]] = {}
         for run in runs:
-            if run["task"] == task and (task, "exact", run["seed"]) in baselines:
-                fractions.setdefault(run["variant"], {})[run["seed"]] = run["accuracy"] / baselines[task, "exact", run["seed"]]
+            if run["task"] == task and (task, run["seed"]) in exact:
+                fractions.setdefault(run["variant"], {})[run["seed"]] = run["accuracy"] / exact[task, run["seed"]]
         for variant, mine in sorted(fractions.items(), key=lambda item: item[0] != "default"):
             seeds = sorted(mine)
             cell = f"{_mean_error([mine[s] for s in seeds]).lstrip('+')} ({len(seeds)})"
@@ -150,13 +151,13 @@ def main() -> None:
                 sink.write(json.dumps(record) + "\n")
                 sink.flush()
                 runs.append(record)
-    baselines = {}
+    exact = {}
     for path in arguments.baselines:
         for line in Path(path).read_text().splitlines():
             record = json.loads(line)
-            if record["method"] in ("exact", "readout-only"):
-                baselines[record["task"], record["method"], record["seed"]] = record["accuracy"]
-    print(table(runs, baselines, sorted({r["task"] for r in runs}, key=list(all_tasks()).index)))
+            if record["method"] == "exact":
+                exact[record["task"], record["seed"]] = record["accuracy"]
+    print(table(runs, exact, sorted({r["task"] for r in runs}, key=list(all_tasks()).index)))
 
 
 if __name__ == "__main__":
